@@ -1,0 +1,158 @@
+"""open_clip's `CLIP` (built-in text transformer) behind the `Backbone` interface."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIP
+
+from vlprompt.backbones.base import Backbone, BackboneIdentity
+from vlprompt.backbones.model_configs import register_model_configs
+from vlprompt.backbones.registry import BACKBONE_SOURCES, PRETRAINED_RESOLVERS
+from vlprompt.backbones.weights import file_sha256, load_into, read_state_dict
+from vlprompt.errors import VLPromptError
+from vlprompt.registry import unknown_name_message
+
+
+class OpenClipBackbone(Backbone):
+    """Soft prompts through open_clip's own text tower: positional embedding, causal mask, blocks,
+    final LayerNorm, EOT pooling and projection, exactly as ``CLIP.encode_text`` runs them."""
+
+    def __init__(self, model: CLIP, identity: BackboneIdentity) -> None:
+        super().__init__()
+        if not isinstance(model, CLIP):
+            raise VLPromptError(
+                f"{identity.name}: only open_clip models with the built-in text transformer (CLIP) are "
+                f"supported here, not {type(model).__name__}"
+            )
+        self.model = model.eval().requires_grad_(False)
+        self.identity = identity
+        self.causal = model.attn_mask is not None
+        self._tokenizer = open_clip.get_tokenizer(identity.name, context_length=model.context_length)
+        preprocess = open_clip.get_model_preprocess_cfg(model)
+        cfg = open_clip.transform.PreprocessCfg(**preprocess)
+        self.train_transform: Callable = open_clip.transform.image_transform_v2(cfg, is_train=True)
+        self.eval_transform: Callable = open_clip.transform.image_transform_v2(cfg, is_train=False)
+        size = cfg.size if isinstance(cfg.size, (tuple, list)) else (cfg.size, cfg.size)
+        self.image_size: tuple[int, int] = (int(size[0]), int(size[1]))
+
+    # -- text --------------------------------------------------------------------------------
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self._tokenizer(list(texts))
+
+    def eot_index(self, ids: torch.Tensor) -> torch.Tensor:
+        pool = self.model.text_pool_type
+        if pool == "argmax":  # CLIP's EOT token has the largest id in the vocabulary
+            return ids.argmax(dim=-1)
+        if pool == "eos":
+            return (ids == self.model.text_eos_id).int().argmax(dim=-1)
+        if pool == "last":
+            return torch.full((ids.shape[0],), ids.shape[1] - 1, dtype=torch.long, device=ids.device)
+        if pool == "first":
+            return torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
+        raise VLPromptError(f"{self.identity.name}: unsupported text pooling {pool!r}")
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.token_embedding(ids.to(self.device))
+
+    def encode_text_embeds(
+        self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True
+    ) -> torch.Tensor:
+        model = self.model
+        cast = model.transformer.get_cast_dtype()
+        length = embeds.shape[1]
+        if truncate and self.causal and model.text_pool_type in ("argmax", "eos"):
+            # Positions after the EOT never reach the pooled token through a causal mask.
+            length = int(eot_index.max()) + 1
+        x = embeds[:, :length].to(cast) + model.positional_embedding[:length].to(cast)
+        mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
+        x = model.transformer(x, attn_mask=mask)
+        x = model.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eot_index.to(x.device)]
+        projection = model.text_projection
+        if projection is None:
+            return x
+        return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+
+    # -- image -------------------------------------------------------------------------------
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(images.to(self.device, self.dtype))
+
+    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        visual = self.model.visual
+        if not hasattr(visual, "output_tokens"):
+            raise VLPromptError(f"{self.identity.name}: image tower {type(visual).__name__} has no tokens")
+        previous = visual.output_tokens
+        visual.output_tokens = True
+        try:
+            _, tokens = visual(images.to(self.device, self.dtype))
+        finally:
+            visual.output_tokens = previous
+        return tokens
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale.exp().clamp(max=100.0)
+
+    def normalized_text(self, texts: Sequence[str]) -> torch.Tensor:
+        return F.normalize(self.encode_text(texts), dim=-1)
+
+
+def _check_architecture(name: str) -> None:
+    register_model_configs()
+    known = open_clip.list_models()
+    if name not in known:
+        raise VLPromptError(unknown_name_message("model architecture", name, known))
+
+
+def _identity(model: CLIP, name: str, pretrained: str | None, weights_hash: str | None) -> BackboneIdentity:
+    return BackboneIdentity(
+        source="open_clip",
+        name=name,
+        pretrained=pretrained,
+        embed_dim=int(model.text_projection.shape[-1]) if model.text_projection is not None else model.transformer.width,
+        width=model.transformer.width,
+        context_length=model.context_length,
+        weights_hash=weights_hash,
+    )
+
+
+@BACKBONE_SOURCES.register("open_clip")
+def create_open_clip_backbone(name: str, pretrained: str | None = None, device: str = "cpu") -> OpenClipBackbone:
+    """Build from an architecture name and a weight source.
+
+    `pretrained` is None (random weights), a local checkpoint file (safetensors or a state dict),
+    a vlprompt resolver tag (e.g. ``world`` for the embedded tiny CLIP) or an open_clip tag such as
+    ``openai`` (downloaded on first use on a machine with network).
+    """
+    _check_architecture(name)
+    weights_hash: str | None = None
+    if pretrained is None:
+        model = open_clip.create_model(name, pretrained=None, device=device)
+    elif (name, pretrained) in PRETRAINED_RESOLVERS:
+        model = open_clip.create_model(name, pretrained=None, device=device)
+        state, weights_hash = PRETRAINED_RESOLVERS.get((name, pretrained))()
+        load_into(model, state, f"weights {name}/{pretrained}", name)
+    elif os.sep in pretrained or Path(pretrained).suffix in (".safetensors", ".pt", ".pth", ".bin", ".ckpt"):
+        path = Path(pretrained).expanduser()
+        state = read_state_dict(path)
+        model = open_clip.create_model(name, pretrained=None, device=device)
+        load_into(model, state, f"checkpoint {path}", name)
+        weights_hash = file_sha256(path)
+        pretrained = str(path)
+    else:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags:
+            valid = tags + [tag for (arch, tag) in PRETRAINED_RESOLVERS.keys() if arch == name]
+            raise VLPromptError(
+                unknown_name_message(f"pretrained tag for {name}", pretrained, valid or ["(none: pass a file)"])
+            )
+        model = open_clip.create_model(name, pretrained=pretrained, device=device)
+    return OpenClipBackbone(model.to(device), _identity(model, name, pretrained, weights_hash))

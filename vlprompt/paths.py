@@ -1,0 +1,41 @@
+"""Where vlprompt keeps things that outlive a run: the user cache directory and atomic writes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+CACHE_ENV = "VLPROMPT_CACHE"
+
+
+def cache_dir(*parts: str) -> Path:
+    """The user cache dir (``$VLPROMPT_CACHE`` or ``~/.cache/vlprompt``), created on demand."""
+    root = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "vlprompt"
+    )
+    path = Path(root).joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `final`; rename it into place only if the block succeeds.
+
+    Nothing partial is ever left under the final name: a killed writer leaves at most a stray
+    ``.tmp`` file, never a truncated checkpoint or download.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
