@@ -10,10 +10,12 @@ import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from vlprompt.errors import VLPromptError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(VLPromptError, KeyError):
     """An unknown registry key; its message names the close matches and every valid name."""
 
     def __str__(self) -> str:  # KeyError quotes its message; we want a plain line

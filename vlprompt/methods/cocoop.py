@@ -1,0 +1,65 @@
+"""CoCoOp: context conditioned on each image by a small meta-network (Zhou et al., CVPR'22)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlprompt.backbones.base import Backbone
+from vlprompt.methods.base import MethodConfig, PromptMethod, register_method
+from vlprompt.prompts.assembler import PromptAssembler
+from vlprompt.prompts.context import initial_context
+
+
+@dataclass
+class CoCoOpConfig(MethodConfig):
+    n_ctx: int = 4
+    ctx_init: str = "a photo of a"
+    init_std: float = 0.02
+    init_seed: int | None = None
+    text_chunk: int = 0  # images per text-encoder call (0: whole batch); bounds peak memory
+
+
+@register_method("cocoop")
+class CoCoOp(PromptMethod):
+    """Text features depend on the image: one forward encodes B x C prompts in one batched call."""
+
+    config_class = CoCoOpConfig
+
+    def __init__(self, backbone: Backbone, classnames: Sequence[str], config: CoCoOpConfig) -> None:
+        super().__init__(backbone, classnames, config)
+        ctx = initial_context(backbone, config.n_ctx, config.ctx_init, config.init_std, config.init_seed)
+        self.ctx = nn.Parameter(ctx)
+        embed_dim, width = backbone.identity.embed_dim, backbone.identity.width
+        hidden = max(1, embed_dim // 16)
+        self.meta_net = nn.Sequential(nn.Linear(embed_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, width))
+        self.set_classnames(classnames)
+
+    def set_classnames(self, classnames: Sequence[str]) -> None:
+        self.prompts = PromptAssembler(self.backbone, "{ctx} {class}.", {"class": list(classnames)}, {"ctx": self.ctx.shape[0]})
+        self.classnames = list(classnames)
+
+    def class_features(self) -> None:
+        return None  # the text side depends on the image
+
+    def conditioned_text_features(self, image_features: torch.Tensor) -> torch.Tensor:
+        """[B, C, D] normalised: context + meta-net shift of each image, for every class."""
+        shift = self.meta_net(image_features.to(self.ctx.dtype))  # [B, W]
+        ctx = self.ctx.unsqueeze(0) + shift.unsqueeze(1)  # [B, n, W]
+        chunk = self.config.text_chunk or ctx.shape[0]
+        C = len(self.classnames)
+        outs = []
+        for start in range(0, ctx.shape[0], chunk):
+            part = ctx[start : start + chunk]
+            per_prompt = part.unsqueeze(1).expand(part.shape[0], C, *part.shape[1:])
+            outs.append(self.prompts.encode(ctx=per_prompt))
+        return F.normalize(torch.cat(outs), dim=-1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        image = self.image_features(batch)
+        text = self.conditioned_text_features(image)
+        return self.backbone.logit_scale * torch.einsum("bd,bcd->bc", image, text.to(image.dtype))

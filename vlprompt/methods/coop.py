@@ -1,0 +1,85 @@
+"""CoOp: learned context vectors in place of the hand-written prompt words (Zhou et al., IJCV'22)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlprompt.backbones.base import Backbone
+from vlprompt.errors import VLPromptError
+from vlprompt.methods.base import MethodConfig, PromptMethod, register_method
+from vlprompt.prompts.assembler import PromptAssembler
+from vlprompt.prompts.context import initial_context
+
+_LAYOUTS = {
+    "end": "{ctx} {class}.",
+    "front": "{class} {ctx}.",
+    "middle": "{ctx_a} {class} {ctx_b}.",
+}
+
+
+@dataclass
+class CoOpConfig(MethodConfig):
+    n_ctx: int = 16
+    ctx_init: str = ""  # words such as "a photo of a" (sets n_ctx), or "" for N(0, 0.02)
+    class_specific: bool = False
+    class_position: str = "end"  # end | middle | front
+    init_std: float = 0.02
+    init_seed: int | None = None  # None: draw from the global RNG (seeded by the engine)
+
+
+def context_slots(n_ctx: int, position: str) -> dict[str, int]:
+    """How the n context tokens are split around the class name."""
+    if position == "middle":
+        return {"ctx_a": n_ctx // 2, "ctx_b": n_ctx - n_ctx // 2}
+    return {"ctx": n_ctx}
+
+
+@register_method("coop")
+class CoOp(PromptMethod):
+    """Unified or class-specific context; class token at the end, middle or front."""
+
+    config_class = CoOpConfig
+
+    def __init__(self, backbone: Backbone, classnames: Sequence[str], config: CoOpConfig) -> None:
+        super().__init__(backbone, classnames, config)
+        if config.class_position not in _LAYOUTS:
+            raise VLPromptError(
+                f"coop: class_position {config.class_position!r} is not one of {sorted(_LAYOUTS)}"
+            )
+        ctx = initial_context(backbone, config.n_ctx, config.ctx_init, config.init_std, config.init_seed)
+        self.n_ctx = ctx.shape[0]
+        if config.class_specific:
+            ctx = ctx.unsqueeze(0).repeat(len(classnames), 1, 1)
+        self.ctx = nn.Parameter(ctx)
+        self.class_agnostic = not config.class_specific
+        self._build_prompts(classnames)
+
+    def _build_prompts(self, classnames: Sequence[str]) -> None:
+        template = _LAYOUTS[self.config.class_position]
+        self.prompts = PromptAssembler(
+            self.backbone, template, {"class": list(classnames)}, context_slots(self.n_ctx, self.config.class_position)
+        )
+        self.classnames = list(classnames)
+
+    def set_classnames(self, classnames: Sequence[str]) -> None:
+        if self.config.class_specific and len(classnames) != self.ctx.shape[0]:
+            raise VLPromptError(
+                "coop: class-specific context is tied to the trained classes; "
+                "new class names need unified context (class_specific: false)"
+            )
+        self._build_prompts(classnames)
+
+    def context_vectors(self) -> dict[str, torch.Tensor]:
+        """The learned context split into the template's slots."""
+        if self.config.class_position == "middle":
+            half = self.n_ctx // 2
+            return {"ctx_a": self.ctx[..., :half, :], "ctx_b": self.ctx[..., half:, :]}
+        return {"ctx": self.ctx}
+
+    def class_features(self) -> torch.Tensor:
+        return F.normalize(self.prompts.encode(**self.context_vectors()), dim=-1)

@@ -1,0 +1,218 @@
+"""One prompt-assembly mechanism for every method.
+
+A template such as ``"{ctx} {class}."`` or ``"a photo of {attr} {obj}"`` names slots. Slots given
+text per prompt (class names, attribute words) are tokenized once; slots given a length are *learned*:
+they hold placeholder tokens whose embeddings are replaced at forward time by vectors the method
+passes in. The frozen word embeddings, every slot's positions and each prompt's EOT index are derived
+once here, so methods only decide which vectors go where.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vlprompt.backbones.base import Backbone
+from vlprompt.errors import VLPromptError
+
+_SLOT = re.compile(r"\{(\w+)\}")
+
+
+@dataclass(frozen=True)
+class _Piece:
+    text: str | None = None  # literal text (after filling text slots)
+    slot: str | None = None  # learned slot name
+
+
+def _split_template(template: str) -> list[tuple[str, str]]:
+    """["a photo of ", "{attr}", ...] -> [("text", "a photo of "), ("slot", "attr"), ...]."""
+    parts: list[tuple[str, str]] = []
+    cursor = 0
+    for match in _SLOT.finditer(template):
+        if match.start() > cursor:
+            parts.append(("text", template[cursor : match.start()]))
+        parts.append(("slot", match.group(1)))
+        cursor = match.end()
+    if cursor < len(template):
+        parts.append(("text", template[cursor:]))
+    return parts
+
+
+class PromptAssembler(nn.Module):
+    """Tokenized prompts with learned slots; `assemble` fills them, `encode` runs the text tower.
+
+    Args:
+        backbone: the frozen backbone whose tokenizer and token embedding are used.
+        template: text with ``{name}`` slots.
+        texts: text slot name -> one string per prompt (all lists the same length P).
+        learned: learned slot name -> number of tokens it occupies.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        template: str,
+        texts: Mapping[str, Sequence[str]],
+        learned: Mapping[str, int],
+    ) -> None:
+        super().__init__()
+        parts = _split_template(template)
+        named = {name for kind, name in parts if kind == "slot"}
+        unknown = named - set(texts) - set(learned)
+        if unknown:
+            raise VLPromptError(
+                f"template {template!r} has slots {sorted(unknown)} with neither text nor a learned length "
+                f"(text slots: {sorted(texts)}, learned slots: {sorted(learned)})"
+            )
+        counts = {len(v) for v in texts.values()}
+        if len(counts) > 1:
+            raise VLPromptError(f"text slots have different numbers of prompts: { {k: len(v) for k, v in texts.items()} }")
+        n_prompts = counts.pop() if counts else 1
+        self.template = template
+        self.learned_lengths = dict(learned)
+        self.n_prompts = n_prompts
+        self._backbone = [backbone]  # not a submodule: the assembler must not own the backbone's weights
+
+        # Each prompt as pieces: literal text with text slots filled in, and learned slots.
+        prompts: list[list[_Piece]] = []
+        for p in range(n_prompts):
+            pieces: list[_Piece] = []
+            buffer = ""
+            for kind, value in parts:
+                if kind == "text":
+                    buffer += value
+                elif value in texts:
+                    buffer += texts[value][p]
+                else:
+                    if buffer:
+                        pieces.append(_Piece(text=buffer))
+                    buffer = ""
+                    pieces.append(_Piece(slot=value))
+            if buffer:
+                pieces.append(_Piece(text=buffer))
+            prompts.append(pieces)
+
+        ids, positions = self._tokenize(backbone, prompts)
+        self.register_buffer("token_ids", ids, persistent=False)
+        self.register_buffer("eot_index", backbone.eot_index(ids), persistent=False)
+        with torch.no_grad():
+            base = backbone.embed_tokens(ids.to(backbone.device)).detach().float()
+        self.register_buffer("base_embeds", base, persistent=False)
+        for name, pos in positions.items():
+            self.register_buffer(f"pos_{name}", pos, persistent=False)
+        self.shared_prefix_length = self._shared_prefix_length(ids, positions)
+
+    # -- construction ------------------------------------------------------------------------
+
+    def _tokenize(
+        self, backbone: Backbone, prompts: list[list[_Piece]]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Token ids [P, L] with placeholders at learned slots, and slot positions {name: [P, k]}.
+
+        Literal pieces are tokenized on their own (SOS/EOT stripped): CLIP's BPE splits at
+        whitespace and punctuation first, so this equals tokenizing the whole string.
+        """
+        frags = sorted({piece.text for pieces in prompts for piece in pieces if piece.text is not None})
+        frag_ids: dict[str, list[int]] = {}
+        if frags:
+            tokens = backbone.tokenize(frags)
+            eots = backbone.eot_index(tokens)
+            for frag, row, eot in zip(frags, tokens, eots):
+                frag_ids[frag] = row[1 : int(eot)].tolist()
+        empty = backbone.tokenize([""])[0]
+        sos, eot_id = int(empty[0]), int(empty[backbone.eot_index(empty[None])[0]])
+        pad = int(empty[-1]) if empty.shape[0] > 2 else 0
+        placeholder = int(backbone.tokenize(["X"])[0, 1])
+        length = empty.shape[0]
+
+        rows: list[list[int]] = []
+        positions: dict[str, list[list[int]]] = {name: [] for name in self.learned_lengths}
+        for pieces in prompts:
+            row = [sos]
+            slot_pos: dict[str, list[int]] = {name: [] for name in self.learned_lengths}
+            for piece in pieces:
+                if piece.text is not None:
+                    row += frag_ids[piece.text]
+                else:
+                    k = self.learned_lengths[piece.slot]  # type: ignore[index]
+                    slot_pos[piece.slot] += list(range(len(row), len(row) + k))  # type: ignore[index]
+                    row += [placeholder] * k
+            row.append(eot_id)
+            if len(row) > length:
+                text = "".join(p.text if p.text is not None else "{" + str(p.slot) + "}" for p in pieces)
+                raise VLPromptError(
+                    f"prompt {text!r} is {len(row)} tokens with its learned slots; the text tower takes {length}"
+                )
+            rows.append(row + [pad] * (length - len(row)))
+            for name in self.learned_lengths:
+                positions[name].append(slot_pos[name])
+        for name, pos in positions.items():
+            if any(len(p) != self.learned_lengths[name] for p in pos):
+                raise VLPromptError(f"learned slot {{{name}}} must appear exactly once in template {self.template!r}")
+        ids = torch.tensor(rows, dtype=torch.long)
+        return ids, {name: torch.tensor(pos, dtype=torch.long) for name, pos in positions.items()}
+
+    @staticmethod
+    def _shared_prefix_length(ids: torch.Tensor, positions: dict[str, torch.Tensor]) -> int:
+        """Leading positions identical in every prompt (tokens and learned-slot layout)."""
+        same = (ids == ids[:1]).all(dim=0)
+        for pos in positions.values():
+            if not (pos == pos[:1]).all():
+                first_diff = int(pos.min())
+                same[first_diff:] = False
+        differing = (~same).nonzero()
+        return int(differing[0]) if len(differing) else ids.shape[1]
+
+    # -- forward -----------------------------------------------------------------------------
+
+    @property
+    def backbone(self) -> Backbone:
+        return self._backbone[0]
+
+    def positions(self, slot: str) -> torch.Tensor:
+        return getattr(self, f"pos_{slot}")
+
+    def assemble(self, **vectors: torch.Tensor) -> torch.Tensor:
+        """Fill learned slots. Each value is ``[k, W]`` (shared by all prompts), ``[P, k, W]``
+        (per prompt) or ``[B, P, k, W]`` (per image and prompt); returns ``[P, L, W]`` or
+        ``[B, P, L, W]`` when any value carries a batch dimension."""
+        missing = set(self.learned_lengths) - set(vectors)
+        extra = set(vectors) - set(self.learned_lengths)
+        if missing or extra:
+            raise VLPromptError(f"assemble() needs vectors for {sorted(self.learned_lengths)}, got {sorted(vectors)}")
+        batch = None
+        for value in vectors.values():
+            if value.dim() == 4:
+                batch = value.shape[0]
+        P, L, W = self.base_embeds.shape
+        dtype = next(iter(vectors.values())).dtype if vectors else self.base_embeds.dtype
+        out = self.base_embeds.to(dtype)
+        if batch is not None:
+            out = out.unsqueeze(0).expand(batch, P, L, W)
+        for name, value in vectors.items():
+            k = self.learned_lengths[name]
+            if value.shape[-2:] != (k, W):
+                raise VLPromptError(f"slot {{{name}}} takes [..., {k}, {W}] vectors, got {tuple(value.shape)}")
+            if value.dim() == 2:
+                value = value.unsqueeze(0).expand(P, k, W)
+            if batch is not None and value.dim() == 3:
+                value = value.unsqueeze(0).expand(batch, P, k, W)
+            index = self.positions(name).unsqueeze(-1).expand(P, k, W)
+            if batch is not None:
+                index = index.unsqueeze(0).expand(batch, P, k, W)
+            out = out.scatter(-2, index, value.to(out.dtype))
+        return out
+
+    def encode(self, **vectors: torch.Tensor) -> torch.Tensor:
+        """Text features ``[P, D]`` (or ``[B, P, D]``) of the filled prompts, not normalised."""
+        embeds = self.assemble(**vectors)
+        if embeds.dim() == 4:
+            B, P = embeds.shape[:2]
+            eot = self.eot_index.repeat(B)
+            feats = self.backbone.encode_text_embeds(embeds.reshape(B * P, *embeds.shape[2:]), eot)
+            return feats.reshape(B, P, -1)
+        return self.backbone.encode_text_embeds(embeds, self.eot_index)
