@@ -23,7 +23,7 @@ def state_dict_hash(state: dict[str, torch.Tensor], prefix: int = 16) -> str:
 
 @PRETRAINED_RESOLVERS.register(WORLD_ARCH, WORLD_TAG)
 def resolve_world_weights() -> tuple[dict[str, torch.Tensor], str]:
-    from vlprompt.embedded.pretrain import load_world_clip_state_dict
+    from vlprompt.embedded.weights import load_world_clip_state_dict
 
     state = load_world_clip_state_dict(allow_train=True)
     return state, state_dict_hash(state)

@@ -54,13 +54,9 @@ def check_labels(entries: Sequence[tuple[int, str]], where: str) -> list[str]:
     by_name: dict[str, int] = {}
     for label, classname in entries:
         if by_label.setdefault(label, classname) != classname:
-            raise VLPromptError(
-                f"{where}: label {label} has two class names, {by_label[label]!r} and {classname!r}"
-            )
+            raise VLPromptError(f"{where}: label {label} has two class names, {by_label[label]!r} and {classname!r}")
         if by_name.setdefault(classname, label) != label:
-            raise VLPromptError(
-                f"{where}: class name {classname!r} has two labels, {by_name[classname]} and {label}"
-            )
+            raise VLPromptError(f"{where}: class name {classname!r} has two labels, {by_name[classname]} and {label}")
     if not by_label:
         raise VLPromptError(f"{where}: no items in any split")
     missing = sorted(set(range(len(by_label))) - set(by_label))
@@ -112,17 +108,14 @@ def read_coop_split(
         raise VLPromptError(f"split file {split_file} is not valid JSON: {error}") from None
     if not isinstance(data, dict) or not data:
         raise VLPromptError(
-            f"split file {split_file}: expected an object with splits {', '.join(SPLIT_NAMES)}, "
-            f"got {type(data).__name__}"
+            f"split file {split_file}: expected an object with splits {', '.join(SPLIT_NAMES)}, got {type(data).__name__}"
         )
     splits: dict[str, list[Item]] = {}
     for split_name, entries in data.items():
         where = f"split file {split_file}, split {split_name!r}"
         if not isinstance(entries, list):
             raise VLPromptError(f"{where}: expected a list of [relative_path, label, classname]")
-        splits[split_name] = [
-            _parse_entry(entry, image_dir, f"{where}, entry {i}") for i, entry in enumerate(entries)
-        ]
+        splits[split_name] = [_parse_entry(entry, image_dir, f"{where}, entry {i}") for i, entry in enumerate(entries)]
     all_items = [item for items in splits.values() for item in items]
     classnames = check_labels([(item.label, item.classname) for item in all_items], f"split file {split_file}")
     if verify:

@@ -41,9 +41,7 @@ def read_fgvc_variants(
         for number, line in enumerate(read_lines(split_file, "split file"), start=1):
             image_id, _, classname = line.partition(" ")
             if classname not in label_of:
-                raise VLPromptError(
-                    f"{split_file}, line {number}: class {classname!r} is not in {classnames_file}"
-                )
+                raise VLPromptError(f"{split_file}, line {number}: class {classname!r} is not in {classnames_file}")
             items.append(Item(image_dir / f"{image_id}.jpg", label_of[classname], classname))
         if verify:
             verify_images(items, str(split_file))

@@ -16,14 +16,10 @@ def _class_dirs(folder: Path) -> list[Path]:
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-    )
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
-def read_image_folder(
-    root: str | Path, name: str | None = None, template: str = DEFAULT_TEMPLATE
-) -> ClassificationDataset:
+def read_image_folder(root: str | Path, name: str | None = None, template: str = DEFAULT_TEMPLATE) -> ClassificationDataset:
     """Classes are the sorted sub-folder names; their images (searched recursively) are the items.
 
     If `root` holds ``train``/``val``/``test`` folders, each is a split with the same class
@@ -45,7 +41,5 @@ def read_image_folder(
         for split, folder in split_dirs.items()
     }
     if not any(splits.values()):
-        raise VLPromptError(
-            f"image folder {root} has class folders but no images ({', '.join(IMAGE_EXTENSIONS)})"
-        )
+        raise VLPromptError(f"image folder {root} has class folders but no images ({', '.join(IMAGE_EXTENSIONS)})")
     return ClassificationDataset(name or root.name, root, classnames, template, splits, source=str(root))

@@ -1,0 +1,121 @@
+"""FeatureCache: computed once, reused across objects, keyed by backbone/transform/file/view."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vlprompt.backbones import create_backbone
+from vlprompt.data.classification import Item
+from vlprompt.engine.cache import FeatureCache, backbone_key
+from vlprompt.engine.features import extract_image_features
+
+
+def make_items(folder, n_per_class=2, classes=("red", "green", "blue"), size=40):
+    """Tiny PNGs: one dominant colour per class plus noise."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    items = []
+    for label, name in enumerate(classes):
+        for i in range(n_per_class):
+            pixels = rng.integers(0, 60, (size, size, 3))
+            pixels[..., label] += 180
+            path = folder / f"{name}_{i}.png"
+            Image.fromarray(pixels.astype(np.uint8)).save(path)
+            items.append(Item(path, label, name))
+    return items
+
+
+class CountingEncoder:
+    """Wraps backbone.encode_image to count how many images went through the image tower."""
+
+    def __init__(self, backbone, monkeypatch):
+        self.images = 0
+        original = backbone.encode_image
+
+        def encode(images):
+            self.images += images.shape[0]
+            return original(images)
+
+        monkeypatch.setattr(backbone, "encode_image", encode)
+
+
+@pytest.fixture
+def items(tmp_path):
+    return make_items(tmp_path / "images")
+
+
+def test_second_get_does_not_run_the_encoder(tiny_vit, items, tmp_path, monkeypatch):
+    counter = CountingEncoder(tiny_vit, monkeypatch)
+    first = FeatureCache(tmp_path / "cache", progress=False).get(tiny_vit, items, tiny_vit.eval_transform)
+    assert counter.images == len(items)
+    assert first.shape == (1, len(items), tiny_vit.identity.embed_dim)
+    again = FeatureCache(tmp_path / "cache", progress=False)  # a new run: reads the shards from disk
+    second = again.get(tiny_vit, items, tiny_vit.eval_transform)
+    assert counter.images == len(items) and again.computed == 0
+    assert torch.equal(first, second)
+    reference = extract_image_features(tiny_vit, items, tiny_vit.eval_transform, progress=False)
+    torch.testing.assert_close(first[0], reference)
+    torch.testing.assert_close(first.norm(dim=-1), torch.ones(1, len(items)))
+
+
+def test_more_views_compute_only_the_new_ones(tiny_vit, items, tmp_path, monkeypatch):
+    cache = FeatureCache(tmp_path / "cache", progress=False)
+    two = cache.get(tiny_vit, items, tiny_vit.train_transform, views=2)
+    counter = CountingEncoder(tiny_vit, monkeypatch)
+    three = cache.get(tiny_vit, items, tiny_vit.train_transform, views=3)
+    assert counter.images == len(items)
+    assert torch.equal(three[:2], two)
+    assert not torch.allclose(three[0], three[2])  # augmented views differ
+    # Seeded views: another cache folder computes exactly the same views.
+    other = FeatureCache(tmp_path / "other", progress=False).get(tiny_vit, items, tiny_vit.train_transform, views=3)
+    torch.testing.assert_close(other, three)
+
+
+def test_key_changes_with_backbone_transform_view_seed_and_file(tiny_vit, items, tmp_path):
+    cache = FeatureCache(tmp_path / "cache", progress=False)
+    item = items[0]
+    base = cache.key(tiny_vit, tiny_vit.eval_transform, item, 0)
+    assert cache.key(tiny_vit, tiny_vit.eval_transform, item, 0) == base
+    assert cache.key(tiny_vit, tiny_vit.train_transform, item, 0) != base
+    assert cache.key(tiny_vit, tiny_vit.eval_transform, item, 1) != base
+    assert cache.key(tiny_vit, tiny_vit.eval_transform, items[1], 0) != base
+    assert FeatureCache(tmp_path / "cache", seed=1).key(tiny_vit, tiny_vit.eval_transform, item, 0) != base
+    torch.manual_seed(123)
+    other = create_backbone("vlprompt-test-vit")  # same identity, other random weights
+    assert other.identity.cache_key() == tiny_vit.identity.cache_key()
+    assert backbone_key(other) != backbone_key(tiny_vit)
+    assert cache.key(other, other.eval_transform, item, 0) != base
+    # Editing the file (new mtime/size) gives a new key.
+    Image.new("RGB", (40, 40), (1, 2, 3)).save(item.path)
+    stat = item.path.stat()
+    os.utime(item.path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert cache.key(tiny_vit, tiny_vit.eval_transform, item, 0) != base
+
+
+def test_corrupt_shard_is_ignored_and_rebuilt(tiny_vit, items, tmp_path, monkeypatch):
+    first = FeatureCache(tmp_path / "cache", progress=False).get(tiny_vit, items, tiny_vit.eval_transform)
+    shards = list((tmp_path / "cache").rglob("*.safetensors"))
+    assert len(shards) == 1
+    data = shards[0].read_bytes()
+    shards[0].write_bytes(data[: len(data) // 2])  # truncated
+    counter = CountingEncoder(tiny_vit, monkeypatch)
+    rebuilt = FeatureCache(tmp_path / "cache", progress=False).get(tiny_vit, items, tiny_vit.eval_transform)
+    assert counter.images == len(items)
+    torch.testing.assert_close(rebuilt, first)
+    shards[0].write_bytes(b"not a safetensors file")
+    again = FeatureCache(tmp_path / "cache", progress=False).get(tiny_vit, items, tiny_vit.eval_transform)
+    torch.testing.assert_close(again, first)
+
+
+def test_partial_hits_and_duplicates(tiny_vit, items, tmp_path, monkeypatch):
+    cache = FeatureCache(tmp_path / "cache", progress=False)
+    cache.get(tiny_vit, items[:3], tiny_vit.eval_transform)
+    counter = CountingEncoder(tiny_vit, monkeypatch)
+    full = cache.get(tiny_vit, items + items[:1], tiny_vit.eval_transform)
+    assert counter.images == len(items) - 3
+    assert torch.equal(full[0, 0], full[0, -1])

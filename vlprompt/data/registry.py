@@ -1,0 +1,133 @@
+"""Dataset names -> readers. YAML configs register themselves; ``folder:<path>`` needs no config."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from vlprompt.data.classification import ClassificationDataset, read_coop_split
+from vlprompt.data.configs import BUILTIN_CONFIG_DIR, DatasetConfig, read_dataset_config
+from vlprompt.data.fgvc import read_fgvc_variants, read_lines
+from vlprompt.data.folder import read_image_folder
+from vlprompt.errors import VLPromptError
+from vlprompt.registry import Registry, unknown_name_message
+
+DATA_ENV = "VLPROMPT_DATA"
+FOLDER_PREFIX = "folder:"
+
+DatasetFactory = Callable[[Path, bool], ClassificationDataset]  # (data root, verify) -> dataset
+FormatReader = Callable[[DatasetConfig, Path, bool], ClassificationDataset]  # (config, folder, verify)
+
+DATASETS: Registry[DatasetFactory] = Registry("dataset")
+DATASET_FORMATS: Registry[FormatReader] = Registry("dataset format")
+_CONFIGS: dict[str, DatasetConfig] = {}
+_builtin_registered = False
+
+
+def _require(config: DatasetConfig, key: str) -> str:
+    value = getattr(config, key)
+    if not value:
+        raise VLPromptError(f"dataset config {config.config_path}: format {config.format!r} needs key {key!r}")
+    return value
+
+
+@DATASET_FORMATS.register("coop_split")
+def _read_coop(config: DatasetConfig, folder: Path, verify: bool) -> ClassificationDataset:
+    dataset = read_coop_split(
+        folder / config.image_dir, folder / _require(config, "split_file"), config.name, config.template, verify
+    )
+    if config.classnames_file:  # cleaner names than the split file's, same label order
+        path = folder / config.classnames_file
+        names = read_lines(path, "class names file")
+        if len(names) != dataset.num_classes:
+            raise VLPromptError(
+                f"class names file {path} has {len(names)} names but the split file has {dataset.num_classes} classes"
+            )
+        dataset.classnames = names
+    return dataset
+
+
+@DATASET_FORMATS.register("fgvc_variants")
+def _read_fgvc(config: DatasetConfig, folder: Path, verify: bool) -> ClassificationDataset:
+    return read_fgvc_variants(
+        folder / config.image_dir,
+        folder / _require(config, "split_file"),
+        folder / _require(config, "classnames_file"),
+        config.name,
+        config.template,
+        verify=verify,
+    )
+
+
+def _load_from_config(config: DatasetConfig, root: Path, verify: bool) -> ClassificationDataset:
+    folder = Path(root).expanduser() / config.folder
+    if not folder.is_dir():
+        prepare = (config.prepare or "").strip().replace("<root>", str(root))
+        hint = f" To prepare it: {prepare}" if prepare else ""
+        raise VLPromptError(f"dataset {config.name!r} not found: folder {folder} does not exist.{hint}")
+    return DATASET_FORMATS.get(config.format)(config, folder, verify)
+
+
+def register_dataset_config(config: DatasetConfig) -> None:
+    """Make one parsed YAML loadable by name."""
+    if config.format not in DATASET_FORMATS:
+        raise VLPromptError(
+            f"dataset config {config.config_path}: " + unknown_name_message("format", config.format, DATASET_FORMATS.names())
+        )
+    DATASETS.register(config.name)(partial(_load_from_config, config))
+    _CONFIGS[config.name] = config
+
+
+def register_dataset_configs(directory: str | Path) -> list[str]:
+    """Register every ``*.yaml`` in `directory`; returns the names registered."""
+    configs = [read_dataset_config(path) for path in sorted(Path(directory).glob("*.yaml"))]
+    for config in configs:  # all checked before any is registered: a bad file registers nothing
+        if config.name in DATASETS:
+            raise VLPromptError(f"dataset {config.name!r} from {config.config_path} is already registered")
+        if config.format not in DATASET_FORMATS:
+            raise VLPromptError(
+                f"dataset config {config.config_path}: " + unknown_name_message("format", config.format, DATASET_FORMATS.names())
+            )
+    for config in configs:
+        register_dataset_config(config)
+    return [config.name for config in configs]
+
+
+def _ensure_builtin() -> None:
+    global _builtin_registered
+    if not _builtin_registered:
+        _builtin_registered = True
+        if BUILTIN_CONFIG_DIR.is_dir():
+            register_dataset_configs(BUILTIN_CONFIG_DIR)
+
+
+def dataset_names() -> list[str]:
+    """Every registered dataset name (``folder:<path>`` is always available too)."""
+    _ensure_builtin()
+    return DATASETS.names()
+
+
+def get_dataset_config(name: str) -> DatasetConfig:
+    """The YAML config a registered dataset came from."""
+    _ensure_builtin()
+    if name not in _CONFIGS:
+        raise VLPromptError(unknown_name_message("dataset config", name, list(_CONFIGS)))
+    return _CONFIGS[name]
+
+
+def load_dataset(name: str, root: str | Path | None = None, verify: bool = False) -> ClassificationDataset:
+    """Load a dataset by registry name from `root` (default ``$VLPROMPT_DATA``), or ``folder:<path>``.
+
+    `verify` checks that every listed image exists before anything runs.
+    """
+    if name.startswith(FOLDER_PREFIX):
+        return read_image_folder(name[len(FOLDER_PREFIX) :])
+    _ensure_builtin()
+    if name not in DATASETS:
+        raise VLPromptError(unknown_name_message("dataset", name, DATASETS.names() + ["folder:<path>"]))
+    root = root if root is not None else os.environ.get(DATA_ENV)
+    if not root:
+        raise VLPromptError(f"no data root for dataset {name!r}: pass root=... or set ${DATA_ENV}")
+    return DATASETS.get(name)(Path(root), verify)

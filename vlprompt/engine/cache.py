@@ -1,0 +1,227 @@
+"""Frozen image features, computed once and reused across epochs, runs and methods.
+
+An entry is keyed by (backbone identity, transform description + augmentation seed, image file
+path + mtime + size, view index). Entries live in safetensors shards under
+``<root>/<backbone key>/<transform key>/``; each shard is written atomically and lists its entry
+keys in its metadata. A shard that cannot be read is deleted and its entries are recomputed.
+
+View ``v`` of an item is the transform applied under a seed derived from the item and ``v``, so the
+same views come back whichever call, batch or worker computes them, and asking for more views later
+only computes the new ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import weakref
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+
+from vlprompt.backbones.base import Backbone
+from vlprompt.engine.logging import progress_bar
+from vlprompt.engine.views import ItemLike, SeededImages, describe_transform, item_fingerprint, stable_seed
+from vlprompt.errors import VLPromptError
+from vlprompt.paths import atomic_path, cache_dir
+
+_WEIGHT_PRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def backbone_key(backbone: Backbone) -> str:
+    """identity.cache_key(), plus a hash of the weights when the identity cannot tell them apart.
+
+    Random-weight backbones (``pretrained=None`` and no weights hash) share one identity although
+    their weights differ from build to build, so their key also covers the weights themselves.
+    """
+    identity = backbone.identity
+    key = identity.cache_key()
+    if identity.pretrained is None and identity.weights_hash is None:
+        if backbone not in _WEIGHT_PRINTS:
+            digest = hashlib.sha256()
+            for name, tensor in sorted(backbone.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+            _WEIGHT_PRINTS[backbone] = digest.hexdigest()[:16]
+        key = f"{key}-w{_WEIGHT_PRINTS[backbone]}"
+    return key
+
+
+class _ViewSeed:
+    """Picklable seed function for DataLoader workers: seed of (item fingerprint, view)."""
+
+    def __init__(self, fingerprints: Sequence[str], views: Sequence[int], base: int) -> None:
+        self.fingerprints = list(fingerprints)
+        self.views = list(views)
+        self.base = base
+
+    def __call__(self, index: int) -> int:
+        return stable_seed("view", self.base, self.fingerprints[index], self.views[index])
+
+
+class FeatureCache:
+    """Cached L2-normalised fp32 image features; ``get`` returns ``[V, N, D]`` on the CPU.
+
+    Args:
+        root: cache folder (default: ``cache_dir("features")``).
+        seed: augmentation seed; part of the key, so other seeds give other views.
+        batch_size, num_workers: how missing features are computed.
+        progress: show a tqdm bar while computing (None: only on a terminal).
+    """
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        seed: int = 0,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        progress: bool | None = None,
+    ) -> None:
+        self.root = Path(root) if root is not None else cache_dir("features")
+        self.seed = seed
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.progress = progress
+        self._indexes: dict[Path, dict[str, tuple[Path, int]]] = {}
+        self._seen: dict[Path, set[Path]] = {}
+        self.computed = 0  # entries computed by this object (the rest were cache hits)
+
+    # -- keys ---------------------------------------------------------------------------------
+
+    def folder(self, backbone: Backbone, transform: Callable) -> Path:
+        """Where entries of this backbone and transform live."""
+        text = f"{describe_transform(transform)}|seed={self.seed}"
+        return self.root / backbone_key(backbone) / hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @staticmethod
+    def entry_key(item: ItemLike, view: int) -> str:
+        """Key of one view of one image file inside a folder."""
+        return hashlib.sha256(f"{item_fingerprint(item.path)}|{view}".encode()).hexdigest()[:32]
+
+    def key(self, backbone: Backbone, transform: Callable, item: ItemLike, view: int) -> str:
+        """Full key of one entry: changes with backbone, transform, seed, file and view."""
+        return f"{self.folder(backbone, transform).relative_to(self.root)}/{self.entry_key(item, view)}"
+
+    # -- reading and writing ------------------------------------------------------------------
+
+    def get(
+        self, backbone: Backbone, items: Sequence[ItemLike], transform: Callable, views: int = 1
+    ) -> torch.Tensor:
+        """Features of `views` views of every item: ``[views, len(items), D]``, computed if missing."""
+        if views < 1:
+            raise VLPromptError(f"feature cache: views must be >= 1, got {views}")
+        items = list(items)
+        folder = self.folder(backbone, transform)
+        dim = backbone.identity.embed_dim
+        out = torch.empty(views, len(items), dim, dtype=torch.float32)
+        keys = [[self.entry_key(item, v) for item in items] for v in range(views)]
+        filled = torch.zeros(views, len(items), dtype=torch.bool)
+        self._read(folder, keys, out, filled, dim)
+        missing = (~filled).nonzero().tolist()
+        if missing:
+            self._compute(backbone, items, transform, folder, keys, missing, out)
+        return out
+
+    def _index(self, folder: Path) -> dict[str, tuple[Path, int]]:
+        """entry key -> (shard, row), scanning shards written since the last look."""
+        index = self._indexes.setdefault(folder, {})
+        seen = self._seen.setdefault(folder, set())
+        if not folder.is_dir():
+            return index
+        for shard in sorted(folder.glob("*.safetensors")):
+            if shard in seen:
+                continue
+            seen.add(shard)
+            try:
+                with safe_open(str(shard), framework="pt") as handle:
+                    names = json.loads((handle.metadata() or {})["keys"])
+                    rows = handle.get_slice("features").get_shape()[0]
+                if len(names) != rows:
+                    raise ValueError("key count does not match rows")
+            except Exception:  # noqa: BLE001  a corrupt or foreign file: recompute its entries
+                self._discard(folder, shard)
+                continue
+            for row, name in enumerate(names):
+                index[name] = (shard, row)
+        return index
+
+    def _discard(self, folder: Path, shard: Path) -> None:
+        index = self._indexes.get(folder, {})
+        for name in [k for k, (s, _) in index.items() if s == shard]:
+            del index[name]
+        shard.unlink(missing_ok=True)
+
+    def _read(
+        self, folder: Path, keys: list[list[str]], out: torch.Tensor, filled: torch.Tensor, dim: int
+    ) -> None:
+        index = self._index(folder)
+        wanted: dict[Path, list[tuple[int, int, int]]] = {}
+        for v, row_keys in enumerate(keys):
+            for n, key in enumerate(row_keys):
+                if key in index:
+                    shard, row = index[key]
+                    wanted.setdefault(shard, []).append((v, n, row))
+        for shard, places in wanted.items():
+            try:
+                features = load_file(str(shard))["features"]
+                if features.ndim != 2 or features.shape[1] != dim:
+                    raise ValueError(f"shape {tuple(features.shape)}")
+            except Exception:  # noqa: BLE001  truncated data behind a valid header, wrong shape...
+                self._discard(folder, shard)
+                continue
+            v_idx, n_idx, rows = (torch.tensor(col) for col in zip(*places))
+            out[v_idx, n_idx] = features[rows].float()
+            filled[v_idx, n_idx] = True
+
+    @torch.no_grad()
+    def _compute(
+        self,
+        backbone: Backbone,
+        items: list[ItemLike],
+        transform: Callable,
+        folder: Path,
+        keys: list[list[str]],
+        missing: list[list[int]],
+        out: torch.Tensor,
+    ) -> None:
+        # Duplicate items (the same file listed twice) are computed once.
+        unique: dict[str, tuple[int, int]] = {}
+        for v, n in missing:
+            unique.setdefault(keys[v][n], (v, n))
+        todo = list(unique.values())
+        dataset = SeededImages(
+            [items[n] for _, n in todo],
+            transform,
+            _ViewSeed([item_fingerprint(items[n].path) for _, n in todo], [v for v, _ in todo], self.seed),
+        )
+        loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
+        was_training = backbone.training
+        backbone.eval()
+        chunks = []
+        try:
+            for images, _, _ in progress_bar(loader, desc="image features", enabled=self.progress):
+                chunks.append(F.normalize(backbone.encode_image(images).float(), dim=-1).cpu())
+        finally:
+            backbone.train(was_training)
+        features = torch.cat(chunks)
+        names = [keys[v][n] for v, n in todo]
+        by_key = dict(zip(names, range(len(names))))
+        for v, n in missing:
+            out[v, n] = features[by_key[keys[v][n]]]
+        self.computed += len(names)
+        self._write(folder, names, features)
+
+    def _write(self, folder: Path, names: list[str], features: torch.Tensor) -> None:
+        digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+        shard = folder / f"shard-{digest}.safetensors"
+        with atomic_path(shard) as tmp:
+            save_file({"features": features.contiguous()}, str(tmp), metadata={"keys": json.dumps(names)})
+        index = self._indexes.setdefault(folder, {})
+        self._seen.setdefault(folder, set()).add(shard)
+        for row, name in enumerate(names):
+            index[name] = (shard, row)

@@ -1,0 +1,67 @@
+"""Run output: tqdm progress, the JSON-lines metrics log and the final result file.
+
+Progress bars only draw on a terminal (logs of batch jobs stay readable); metrics go to
+``metrics.jsonl`` one object per epoch, so a crashed or resumed run leaves a parseable record.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tqdm import tqdm
+
+from vlprompt.paths import atomic_path
+
+T = TypeVar("T")
+
+
+def progress_bar(
+    iterable: Iterable[T], desc: str, enabled: bool | None = None, total: int | None = None, leave: bool = False
+) -> Iterator[T]:
+    """tqdm over `iterable`; `enabled=None` shows it only when stderr is a terminal."""
+    disable = not (sys.stderr.isatty() if enabled is None else enabled)
+    return iter(tqdm(iterable, desc=desc, disable=disable, total=total, leave=leave, dynamic_ncols=True))
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN/inf become strings instead of invalid JSON tokens."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Atomically write `data` as indented JSON."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_clean(data), indent=2) + "\n", encoding="utf-8")
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per line, appended as epochs finish."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(_clean(record)) + "\n")
+
+    def rewrite(self, records: Sequence[dict[str, Any]]) -> None:
+        """Replace the log with `records` (on resume: drop lines of epochs the checkpoint lacks)."""
+        with atomic_path(self.path) as tmp:
+            tmp.write_text("".join(json.dumps(_clean(r)) + "\n" for r in records), encoding="utf-8")
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,1 @@
+"""Building prompts: templates with slots, slot filling, init strategies, template banks."""

@@ -1,0 +1,152 @@
+"""Hand-crafted template banks: CLIP's 80 ImageNet prompts, CoOp's per-dataset templates, files.
+
+Sources (attribution): CLIP's ``Prompt_Engineering_for_ImageNet.ipynb`` via open_clip's
+``OPENAI_IMAGENET_TEMPLATES``; CoOp's ``trainers/zsclip.py`` (``CUSTOM_TEMPLATES``) and
+``trainers/imagenet_templates.py`` (``IMAGENET_TEMPLATES_SELECT``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import open_clip
+
+from vlprompt.errors import VLPromptError
+from vlprompt.registry import Registry, unknown_name_message
+
+if TYPE_CHECKING:
+    from vlprompt.data.classification import ClassificationDataset
+
+SLOT = "{}"
+
+# CoOp's single template per dataset (trainers/zsclip.py), keyed by vlprompt's dataset names.
+COOP_TEMPLATES: dict[str, str] = {
+    "oxford_pets": "a photo of a {}, a type of pet.",
+    "oxford_flowers": "a photo of a {}, a type of flower.",
+    "fgvc_aircraft": "a photo of a {}, a type of aircraft.",
+    "dtd": "{} texture.",
+    "eurosat": "a centered satellite photo of {}.",
+    "stanford_cars": "a photo of a {}.",
+    "food101": "a photo of {}, a type of food.",
+    "sun397": "a photo of a {}.",
+    "caltech101": "a photo of a {}.",
+    "ucf101": "a photo of a person doing {}.",
+    "imagenet": "a photo of a {}.",
+}
+
+# CLIP's 80 ImageNet templates, from open_clip's lambdas turned into "{}" strings.
+IMAGENET_80: tuple[str, ...] = tuple(t(SLOT) for t in open_clip.OPENAI_IMAGENET_TEMPLATES)
+
+# CoOp's 7-template subset (IMAGENET_TEMPLATES_SELECT), used by its ZeroshotCLIP2 ensemble.
+IMAGENET_SELECT_7: tuple[str, ...] = (
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
+
+TemplateBank = Callable[["ClassificationDataset | None"], list[str]]
+TEMPLATE_BANKS: Registry[TemplateBank] = Registry("template bank")
+
+
+def _dataset_template(dataset: ClassificationDataset | None, spec: str) -> str:
+    if dataset is None:
+        raise VLPromptError(f"templates {spec!r} need a dataset (its own template), but none was given")
+    return dataset.template
+
+
+@TEMPLATE_BANKS.register("single")
+def _single(dataset: ClassificationDataset | None) -> list[str]:
+    return ["a photo of a {}."]
+
+
+@TEMPLATE_BANKS.register("imagenet80")
+def _imagenet80(dataset: ClassificationDataset | None) -> list[str]:
+    return list(IMAGENET_80)
+
+
+@TEMPLATE_BANKS.register("imagenet_select7")
+def _select7(dataset: ClassificationDataset | None) -> list[str]:
+    return list(IMAGENET_SELECT_7)
+
+
+@TEMPLATE_BANKS.register("dataset")
+def _own(dataset: ClassificationDataset | None) -> list[str]:
+    return [_dataset_template(dataset, "dataset")]
+
+
+@TEMPLATE_BANKS.register("coop")
+def _coop(dataset: ClassificationDataset | None) -> list[str]:
+    """CoOp's published template for the dataset (falls back to the dataset's own template)."""
+    name = dataset.name if dataset is not None else None
+    return [COOP_TEMPLATES[name]] if name in COOP_TEMPLATES else [_dataset_template(dataset, "coop")]
+
+
+@TEMPLATE_BANKS.register("coop_ensemble")
+def _coop_ensemble(dataset: ClassificationDataset | None) -> list[str]:
+    """CoOp's ZeroshotCLIP2: the 7 selected ImageNet templates plus the dataset's own one."""
+    own = _dataset_template(dataset, "coop_ensemble")
+    return list(IMAGENET_SELECT_7) + ([own] if own not in IMAGENET_SELECT_7 else [])
+
+
+def check_template(template: str, where: str) -> str:
+    """A template must hold exactly one ``{}`` slot and no other braces that ``format`` would trip on."""
+    if template.count(SLOT) != 1:
+        raise VLPromptError(f"{where}: template {template!r} must contain exactly one '{{}}' for the class name")
+    try:
+        template.format("x")
+    except (IndexError, KeyError, ValueError) as error:
+        raise VLPromptError(f"{where}: template {template!r} is not a valid '{{}}' template ({error})") from None
+    return template
+
+
+def read_template_file(path: str | Path) -> list[str]:
+    """One template per line; blank lines and ``#`` comments are skipped."""
+    path = Path(path).expanduser()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise VLPromptError(f"template file not found: {path}") from None
+    except UnicodeDecodeError as error:
+        raise VLPromptError(f"template file {path} is not UTF-8 text: {error}") from None
+    templates = [
+        check_template(line.strip(), f"template file {path}, line {number}")
+        for number, line in enumerate(lines, start=1)
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    if not templates:
+        raise VLPromptError(f"template file {path} has no templates (one per line, each with '{{}}')")
+    return templates
+
+
+def get_templates(spec: str | Sequence[str], dataset: ClassificationDataset | None = None) -> list[str]:
+    """Resolve a template spec: a bank name, ``"dataset"`` (its own template), a text file, or a list."""
+    if not isinstance(spec, str):
+        templates = [check_template(t, "templates") for t in spec]
+        if not templates:
+            raise VLPromptError("templates: the list is empty")
+        return templates
+    if spec in TEMPLATE_BANKS:
+        return TEMPLATE_BANKS.get(spec)(dataset)
+    if SLOT in spec:  # a single literal template
+        return [check_template(spec, "templates")]
+    if Path(spec).expanduser().is_file() or "/" in spec or spec.endswith(".txt"):
+        return read_template_file(spec)
+    raise VLPromptError(
+        unknown_name_message("template bank", spec, TEMPLATE_BANKS.names()) + ", a template with '{}', or a path to a text file"
+    )
+
+
+def prompt_classname(classname: str) -> str:
+    """How a class name goes into a prompt: underscores become spaces, as in CoOp and CLIP."""
+    return classname.replace("_", " ")
+
+
+def fill_templates(templates: Sequence[str], classnames: Sequence[str]) -> list[list[str]]:
+    """Prompts as ``[class][template]``."""
+    return [[t.format(prompt_classname(c)) for t in templates] for c in classnames]
