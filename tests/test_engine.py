@@ -151,6 +151,8 @@ def test_training_reduces_the_loss_and_writes_logs(tiny_vit, data, tmp_path):
     assert [r["epoch"] for r in lines if "val" in r] == [5, 10, 15]
     assert lines[-1]["loss"] < 0.5 * lines[0]["loss"]
     assert lines[-1]["acc"] == 100.0
+    schedule = LRSchedule(0.05, 15, warmup_epochs=0)
+    assert [r["lr"] for r in lines] == [schedule.lr_at(e) for e in range(15)]
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
     assert saved["val"]["top1"] == result["val"]["top1"] and saved["val"]["n_images"] == 6
     assert saved["train"]["loss"] == pytest.approx(lines[-1]["loss"])

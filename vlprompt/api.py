@@ -5,16 +5,21 @@ The CLI is a thin layer over these functions.
 
 from __future__ import annotations
 
+import json
 import os
+import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vlprompt.backbones import Backbone, create_backbone
-from vlprompt.data import ClassificationDataset, load_dataset
+from vlprompt.config import ExperimentConfig
+from vlprompt.data import ClassificationDataset, Item, load_dataset
 from vlprompt.data.registry import DATA_ENV
-from vlprompt.paths import cache_dir
+from vlprompt.errors import VLPromptError
+from vlprompt.paths import atomic_path, cache_dir
 
 WORLD_PREFIX = "world_"
 
@@ -99,3 +104,112 @@ def evaluate_prompt(
         "metrics": metrics,
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def _protocol_items(
+    config: ExperimentConfig, dataset: ClassificationDataset, out_dir: Path
+) -> tuple[list[str], list[Item], list[Item], dict[str, tuple[list[str], list[Item]]]]:
+    """(train class names, train items, val items, {eval name: (class names, test items)})."""
+    from vlprompt.data.fewshot import few_shot_split
+    from vlprompt.data.protocols import base_new_split
+
+    protocol = config.protocol
+    test = dataset.split(config.eval.split)
+    if protocol.name == "all":
+        train = dataset.split("train")
+        val = dataset.splits.get("val", [])
+    elif protocol.name in ("few-shot", "base-to-new"):
+        train, val = few_shot_split(dataset, protocol.shots, protocol.seed, out_dir / "splits")
+    else:
+        raise VLPromptError(f"unknown protocol {protocol.name!r}. Valid: all, few-shot, base-to-new")
+    if protocol.name != "base-to-new":
+        return dataset.classnames, train, val, {"all": (dataset.classnames, test)}
+    base_train, _ = base_new_split(dataset.classnames, train)
+    base_val, _ = base_new_split(dataset.classnames, val)
+    base_test, new_test = base_new_split(dataset.classnames, test)
+    evals = {"base": (base_test.classnames, base_test.items), "new": (new_test.classnames, new_test.items)}
+    return base_train.classnames, base_train.items, base_val.items, evals
+
+
+def run_experiment(
+    config: ExperimentConfig, resume: bool = False, backbone: Backbone | None = None
+) -> dict[str, Any]:
+    """Train (or fit) one method under one protocol, evaluate it, save the prompt and a result JSON."""
+    from vlprompt.data.protocols import harmonic_mean
+    from vlprompt.engine.cache import FeatureCache
+    from vlprompt.engine.evaluate import evaluate_method
+    from vlprompt.engine.trainer import TrainConfig, Trainer, seed_everything
+    from vlprompt.methods import build_method
+    from vlprompt.zoo import save_prompt
+
+    started = time.perf_counter()
+    method_cfg = dict(config.method)
+    method_name = method_cfg.pop("name")
+    out_dir = Path(config.output_dir or f"runs/{method_name}/{config.dataset.name}/{config.protocol.name}"
+                   f"-{config.protocol.shots}shot-seed{config.protocol.seed}")
+    backbone = backbone or load_backbone(config.backbone.name, config.backbone.pretrained, config.backbone.device)
+    dataset = get_dataset(config.dataset.name, config.dataset.root)
+    classnames, train, val, evals = _protocol_items(config, dataset, out_dir)
+
+    train_cfg = TrainConfig.from_dict({"seed": config.protocol.seed, "output_dir": str(out_dir), **config.train})
+    seed_everything(train_cfg.seed)
+    method = build_method(method_name, backbone, classnames, method_cfg)
+    cache = FeatureCache(num_workers=train_cfg.num_workers, progress=train_cfg.progress)
+    training: dict[str, Any] = {}
+    if method_name == "linear-probe":
+        feats = cache.get(backbone, train, backbone.eval_transform)[0]
+        val_feats = cache.get(backbone, val, backbone.eval_transform)[0] if val else None
+        labels = torch.tensor([i.label for i in train])
+        val_labels = torch.tensor([i.label for i in val]) if val else None
+        training = method.fit(feats, labels, val_feats, val_labels)
+    elif any(p.requires_grad for p in method.parameters()):
+        training = Trainer(method, train_cfg, cache=cache).fit(train, val or None, resume=resume)
+
+    metrics: dict[str, Any] = {}
+    for name, (eval_classes, items) in evals.items():
+        if eval_classes != method.classnames:
+            method.set_classnames(eval_classes)
+        metrics[name] = evaluate_method(method, backbone, items, cache=cache, batch_size=config.eval.batch_size)
+    if "base" in metrics:
+        metrics["hm"] = harmonic_mean(metrics["base"]["top1"], metrics["new"]["top1"])
+    if method.classnames != classnames:
+        method.set_classnames(classnames)
+
+    result = {
+        "dataset": dataset.name,
+        "split": config.eval.split,
+        "method": method_name,
+        "backbone": backbone.identity.to_dict(),
+        "protocol": asdict(config.protocol),
+        "metrics": metrics,
+        "train_classnames": classnames,
+        "num_train_items": len(train),
+        "training": {k: v for k, v in training.items() if k not in ("config", "backbone")},
+        "config": config.to_dict(),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    if method.trainable_state():
+        result["prompt"] = str(save_prompt(out_dir / "prompt", method, extra={"result": _prompt_summary(result)}))
+    write_json(out_dir / "experiment.json", result)
+    return result
+
+
+def _prompt_summary(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: result[k] for k in ("dataset", "protocol", "metrics", "num_train_items")}
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, default=str))
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numbers a table shows: top-1, or base / new / HM for base-to-new."""
+    if "hm" in metrics:
+        return {"base": metrics["base"]["top1"], "new": metrics["new"]["top1"], "hm": metrics["hm"]}
+    return {"top1": metrics["all"]["top1"]}
+
+
+def format_experiment(result: dict[str, Any]) -> str:
+    numbers = "  ".join(f"{k} {v:.2f}" for k, v in headline(result["metrics"]).items())
+    return f"{result['method']} on {result['dataset']} ({result['protocol']['name']}): {numbers}  [{result['seconds']:.1f}s]"

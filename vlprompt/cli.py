@@ -97,7 +97,19 @@ def _demo_command(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+def _load_command_modules() -> None:
+    """Import every module of `vlprompt.commands`, so each can register its subcommand."""
+    import importlib
+    import pkgutil
+
+    import vlprompt.commands
+
+    for info in pkgutil.iter_modules(vlprompt.commands.__path__):
+        importlib.import_module(f"vlprompt.commands.{info.name}")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    _load_command_modules()
     parser = argparse.ArgumentParser(prog="vlprompt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS.names():

@@ -1,0 +1,93 @@
+"""The public API end to end on a tiny random backbone and a generated image-folder dataset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlprompt import api
+from vlprompt.config import ExperimentConfig
+from vlprompt.errors import VLPromptError
+from vlprompt.zoo import load_prompt
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 40)}
+
+
+@pytest.fixture()
+def colour_folder(tmp_path, monkeypatch):
+    """folder:<root> with train/val/test splits of solid-colour images (+ noise), 4 classes."""
+    monkeypatch.setenv("VLPROMPT_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    for split, count in {"train": 6, "val": 2, "test": 4}.items():
+        for name, rgb in COLOURS.items():
+            for i in range(count):
+                pixels = np.clip(np.array(rgb) + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+                path = tmp_path / "colours" / split / name / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).save(path)
+    return f"folder:{tmp_path / 'colours'}"
+
+
+def _config(dataset: str, out, method: dict, protocol: dict, **train) -> ExperimentConfig:
+    return ExperimentConfig.from_dict(
+        {
+            "dataset": {"name": dataset},
+            "method": method,
+            "protocol": protocol,
+            "train": {"epochs": 2, "batch_size": 4, **train},
+            "output_dir": str(out),
+        }
+    )
+
+
+def test_coop_few_shot_trains_saves_and_reloads(tiny_vit, colour_folder, tmp_path):
+    config = _config(colour_folder, tmp_path / "run", {"name": "coop", "n_ctx": 2}, {"shots": 2, "seed": 1})
+    result = api.run_experiment(config, backbone=tiny_vit)
+    assert set(result["metrics"]["all"]) >= {"top1", "top5", "mean_per_class_recall", "n_images"}
+    assert result["metrics"]["all"]["n_images"] == 16 and result["num_train_items"] == 8
+    saved = json.loads((tmp_path / "run" / "experiment.json").read_text())
+    assert saved["metrics"] == result["metrics"]
+    assert (tmp_path / "run" / "splits").is_dir()  # the sampled items, for an exact repeat
+    dataset = api.get_dataset(colour_folder)
+    reloaded = api.evaluate_prompt(result["prompt"], tiny_vit, dataset)
+    assert reloaded["metrics"] == result["metrics"]["all"]
+    method = load_prompt(result["prompt"], tiny_vit)
+    assert method.classnames == dataset.classnames
+
+
+def test_base_to_new_reports_harmonic_mean(tiny_vit, colour_folder, tmp_path):
+    config = _config(colour_folder, tmp_path / "b2n", {"name": "coop", "n_ctx": 2}, {"name": "base-to-new", "shots": 2})
+    result = api.run_experiment(config, backbone=tiny_vit)
+    base, new = result["metrics"]["base"]["top1"], result["metrics"]["new"]["top1"]
+    assert result["train_classnames"] == ["blue", "green"]  # sorted folders: first half is base
+    assert result["metrics"]["base"]["n_images"] == 8 and result["metrics"]["new"]["n_images"] == 8
+    expected = 0.0 if base + new == 0 else 2 * base * new / (base + new)
+    assert result["metrics"]["hm"] == pytest.approx(expected)
+
+
+def test_linear_probe_and_zero_shot_need_no_trainer(tiny_vit, colour_folder, tmp_path):
+    probe = api.run_experiment(
+        _config(colour_folder, tmp_path / "lp", {"name": "linear-probe"}, {"shots": 4}), backbone=tiny_vit
+    )
+    assert probe["metrics"]["all"]["top1"] == 100.0  # solid colours are linearly separable
+    zero = api.run_experiment(
+        _config(colour_folder, tmp_path / "zs", {"name": "zero-shot"}, {"name": "all"}), backbone=tiny_vit
+    )
+    assert "prompt" not in zero and zero["metrics"]["all"]["n_images"] == 16
+
+
+def test_config_errors_name_the_key(tiny_vit, colour_folder, tmp_path):
+    bad_train_key = _config(colour_folder, tmp_path / "e1", {"name": "coop"}, {"shots": 1}, epoch=3)
+    with pytest.raises(VLPromptError, match="Did you mean 'epochs'"):
+        api.run_experiment(bad_train_key, backbone=tiny_vit)
+    bad_method_key = _config(colour_folder, tmp_path / "e2", {"name": "coop", "nctx": 2}, {"shots": 1})
+    with pytest.raises(VLPromptError, match="Did you mean 'n_ctx'"):
+        api.run_experiment(bad_method_key, backbone=tiny_vit)
+    bad_protocol = _config(colour_folder, tmp_path / "e3", {"name": "coop"}, {"name": "fewshot"})
+    with pytest.raises(VLPromptError, match="unknown protocol"):
+        api.run_experiment(bad_protocol, backbone=tiny_vit)
+    with pytest.raises(VLPromptError, match="Did you mean 'protocol'"):
+        ExperimentConfig.load(None, ["protocl.shots=3"])
