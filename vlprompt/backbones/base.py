@@ -49,6 +49,7 @@ class Backbone(nn.Module):
 
     identity: BackboneIdentity
     causal: bool  # causal text tower: truncation and shared-prefix reuse are exact
+    shared_prefix: bool = True  # switch: let prompt assemblers use `encode_text_embeds_shared` when exact
     train_transform: Callable
     eval_transform: Callable
 
@@ -64,6 +65,21 @@ class Backbone(nn.Module):
     def encode_text_embeds(
         self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True
     ) -> torch.Tensor:  # [N, D], not normalised
+        raise NotImplementedError
+
+    def shared_prefix_unsupported(self) -> str | None:
+        """Why `encode_text_embeds_shared` cannot run exactly on this tower (None: it can)."""
+        return f"{type(self).__name__} has no shared-prefix text encoding"
+
+    def encode_text_embeds_shared(
+        self, prefix: torch.Tensor, suffix: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True
+    ) -> torch.Tensor:
+        """Prompts whose first S embeddings are shared within a group, encoded with the prefix run once.
+
+        prefix ``[S, W]`` or ``[G, S, W]``; suffix ``[N, T, W]`` or ``[G, N, T, W]`` (prompt n of group g
+        is ``cat(prefix[g], suffix[g, n])``); eot_index ``[N]``: pooled positions in the whole prompt,
+        all >= S. Returns ``[N, D]`` or ``[G, N, D]``, equal to `encode_text_embeds` on the whole prompts.
+        """
         raise NotImplementedError
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:  # [B, D], not normalised

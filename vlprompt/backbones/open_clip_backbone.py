@@ -14,6 +14,7 @@ from open_clip.model import CLIP
 from vlprompt.backbones.base import Backbone, BackboneIdentity
 from vlprompt.backbones.model_configs import register_model_configs
 from vlprompt.backbones.registry import BACKBONE_SOURCES, PRETRAINED_RESOLVERS
+from vlprompt.backbones.shared_prefix import shared_prefix_forward, unsupported_reason
 from vlprompt.backbones.weights import file_sha256, load_into, read_state_dict
 from vlprompt.errors import VLPromptError
 from vlprompt.registry import unknown_name_message
@@ -40,6 +41,7 @@ class OpenClipBackbone(Backbone):
         self.eval_transform: Callable = open_clip.transform.image_transform_v2(cfg, is_train=False)
         size = cfg.size if isinstance(cfg.size, (tuple, list)) else (cfg.size, cfg.size)
         self.image_size: tuple[int, int] = (int(size[0]), int(size[1]))
+        self._shared_prefix_static: tuple[str | None] | None = None  # cached architecture check
 
     # -- text --------------------------------------------------------------------------------
 
@@ -79,6 +81,48 @@ class OpenClipBackbone(Backbone):
         if projection is None:
             return x
         return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+
+    def shared_prefix_unsupported(self) -> str | None:
+        if self._shared_prefix_static is None:
+            self._shared_prefix_static = (unsupported_reason(self.model.transformer, self.model.attn_mask),)
+        reason = self._shared_prefix_static[0]
+        if reason is None and any(b.training and b.attn.dropout > 0 for b in self.model.transformer.resblocks):
+            reason = "attention dropout is active"
+        return reason
+
+    def encode_text_embeds_shared(
+        self, prefix: torch.Tensor, suffix: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True
+    ) -> torch.Tensor:
+        reason = self.shared_prefix_unsupported()
+        if reason is not None:
+            raise VLPromptError(f"{self.identity.name}: shared-prefix encoding is not exact here: {reason}")
+        single = prefix.dim() == 2
+        if single:
+            prefix, suffix = prefix.unsqueeze(0), suffix.unsqueeze(0)
+        if prefix.dim() != 3 or suffix.dim() != 4 or suffix.shape[0] != prefix.shape[0]:
+            raise VLPromptError(
+                f"shared-prefix encoding takes prefix [G, S, W] and suffix [G, N, T, W], "
+                f"got {tuple(prefix.shape)} and {tuple(suffix.shape)}"
+            )
+        model = self.model
+        cast = model.transformer.get_cast_dtype()
+        S, T = prefix.shape[1], suffix.shape[2]
+        eot = eot_index.to(suffix.device) - S
+        if int(eot.min()) < 0:
+            raise VLPromptError(f"shared prefix of {S} positions covers a pooled position {int(eot.min()) + S}")
+        if truncate:  # causal tower: positions after the last pooled one are never read
+            T = min(T, int(eot.max()) + 1)
+        positional = model.positional_embedding.to(cast)
+        x_p = prefix.to(cast) + positional[:S]
+        x_s = suffix[:, :, :T].to(cast) + positional[S : S + T]
+        x = shared_prefix_forward(
+            model.transformer.resblocks, x_p, x_s, grad_checkpointing=model.transformer.grad_checkpointing
+        )
+        x = model.ln_final(x[:, torch.arange(x.shape[1], device=x.device), eot])  # [G, N, W]
+        projection = model.text_projection
+        if projection is not None:
+            x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+        return x[0] if single else x
 
     # -- image -------------------------------------------------------------------------------
 

@@ -45,12 +45,20 @@ def _split_template(template: str) -> list[tuple[str, str]]:
 class PromptAssembler(nn.Module):
     """Tokenized prompts with learned slots; `assemble` fills them, `encode` runs the text tower.
 
+    Attributes:
+        use_shared_prefix: let `encode` encode the shared leading positions once when that is exact
+            (default True; the backbone's ``shared_prefix`` flag switches it off for every assembler).
+        min_shared_prefix: shortest shared prefix worth the split path (default 2: more than [SOS]).
+
     Args:
         backbone: the frozen backbone whose tokenizer and token embedding are used.
         template: text with ``{name}`` slots.
         texts: text slot name -> one string per prompt (all lists the same length P).
         learned: learned slot name -> number of tokens it occupies.
     """
+
+    use_shared_prefix: bool = True
+    min_shared_prefix: int = 2
 
     def __init__(
         self,
@@ -105,6 +113,10 @@ class PromptAssembler(nn.Module):
         for name, pos in positions.items():
             self.register_buffer(f"pos_{name}", pos, persistent=False)
         self.shared_prefix_length = self._shared_prefix_length(ids, positions)
+        eot = self.eot_index.tolist()
+        self._min_eot, self._max_eot = min(eot), max(eot)
+        self._slot_span = {name: (int(pos.min()), int(pos.max())) for name, pos in positions.items()}
+        self.path_counts = {"shared": 0, "plain": 0}  # how many `encode` calls took each path
 
     # -- construction ------------------------------------------------------------------------
 
@@ -207,8 +219,94 @@ class PromptAssembler(nn.Module):
             out = out.scatter(-2, index, value.to(out.dtype))
         return out
 
+    def _check_vectors(self, vectors: Mapping[str, torch.Tensor]) -> int | None:
+        """Validate slot vectors; the batch size when any carries one."""
+        missing = set(self.learned_lengths) - set(vectors)
+        extra = set(vectors) - set(self.learned_lengths)
+        if missing or extra:
+            raise VLPromptError(f"assemble() needs vectors for {sorted(self.learned_lengths)}, got {sorted(vectors)}")
+        W = self.base_embeds.shape[-1]
+        batch = None
+        for name, value in vectors.items():
+            k = self.learned_lengths[name]
+            if value.shape[-2:] != (k, W) or value.dim() not in (2, 3, 4):
+                raise VLPromptError(f"slot {{{name}}} takes [..., {k}, {W}] vectors, got {tuple(value.shape)}")
+            if value.dim() == 4:
+                batch = value.shape[0]
+        return batch
+
+    @staticmethod
+    def _same_for_all_prompts(value: torch.Tensor) -> bool:
+        """A slot value that every prompt shares *as a tensor* (not merely equal values): ``[k, W]``,
+        or a ``[P, k, W]`` / ``[B, P, k, W]`` expanded along P. Equal but separate per-prompt values get
+        per-prompt gradients, which one shared prefix cannot give."""
+        if value.dim() == 2:
+            return True
+        dim = value.dim() - 3
+        return value.shape[dim] == 1 or value.stride(dim) == 0
+
+    def shared_prefix_plan(self, **vectors: torch.Tensor) -> int | None:
+        """How many leading positions `encode` computes once (per image when batched), or None when it
+        takes the plain path: switched off, a tower where reuse is not exact, or a prefix shorter than
+        `min_shared_prefix` (the class token at the front, per-prompt context at the start...)."""
+        self._check_vectors(vectors)
+        backbone = self.backbone
+        if not (self.use_shared_prefix and getattr(backbone, "shared_prefix", False)):
+            return None
+        unsupported = getattr(backbone, "shared_prefix_unsupported", None)
+        if unsupported is None or unsupported() is not None:
+            return None
+        S = min(self.shared_prefix_length, self._min_eot)
+        for name, value in vectors.items():
+            first, last = self._slot_span[name]
+            if first < S and (last >= S or not self._same_for_all_prompts(value)):
+                S = first  # per-prompt values (or a slot across the boundary): not shared from here on
+        return S if S >= max(1, self.min_shared_prefix) else None
+
+    def _assemble_split(
+        self, vectors: Mapping[str, torch.Tensor], S: int, batch: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefix [G, S, W] and suffixes [G, P, T, W] (G = batch or 1), T up to the last EOT."""
+        P, L, W = self.base_embeds.shape
+        G = batch or 1
+        end = self._max_eot + 1
+        dtype = next(iter(vectors.values())).dtype if vectors else self.base_embeds.dtype
+        prefix = self.base_embeds[0, :S].to(dtype).expand(G, S, W)
+        suffix = self.base_embeds[:, S:end].to(dtype).expand(G, P, end - S, W)
+        for name, value in vectors.items():
+            k = self.learned_lengths[name]
+            value = value.to(dtype)
+            if self._slot_span[name][0] < S:  # shared: the first prompt's value is everyone's
+                if value.dim() == 4:
+                    value = value[:, 0]
+                elif value.dim() == 3:
+                    value = value[0]
+                index = self.positions(name)[0].view(1, k, 1).expand(G, k, W)
+                prefix = prefix.scatter(1, index, value.expand(G, k, W))
+            else:
+                if value.dim() == 2:
+                    value = value.expand(P, k, W)
+                value = value.expand(G, P, k, W)
+                index = (self.positions(name) - S).view(1, P, k, 1).expand(G, P, k, W)
+                suffix = suffix.scatter(2, index, value)
+        return prefix, suffix
+
     def encode(self, **vectors: torch.Tensor) -> torch.Tensor:
-        """Text features ``[P, D]`` (or ``[B, P, D]``) of the filled prompts, not normalised."""
+        """Text features ``[P, D]`` (or ``[B, P, D]``) of the filled prompts, not normalised.
+
+        In a causal tower the positions every prompt shares ([SOS] + shared context...) are encoded once
+        (per image when batched) and only the class-dependent suffixes run through the tower; the result
+        equals the plain path. `shared_prefix_plan` tells which path a call takes; set
+        ``use_shared_prefix = False`` (or ``backbone.shared_prefix = False``) to force the plain path.
+        """
+        S = self.shared_prefix_plan(**vectors)
+        if S is not None:
+            batch = self._check_vectors(vectors)
+            prefix, suffix = self._assemble_split(vectors, S, batch)
+            self.path_counts["shared"] += 1
+            feats = self.backbone.encode_text_embeds_shared(prefix, suffix, self.eot_index)
+            return feats if batch is not None else feats[0]
+        self.path_counts["plain"] += 1
         embeds = self.assemble(**vectors)
         if embeds.dim() == 4:
             B, P = embeds.shape[:2]
