@@ -7,6 +7,8 @@ arithmetic on a uint8 batch skips PIL round trips; a test checks the two agree.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
@@ -26,11 +28,17 @@ def normalize_images(images: np.ndarray) -> torch.Tensor:
 
 
 def render_batch(
-    rng: np.random.Generator, n: int, style: SceneStyle = PRETRAIN_STYLE, **fixed: str
+    rng: np.random.Generator,
+    n: int,
+    style: SceneStyle = PRETRAIN_STYLE,
+    colours: Sequence[str] | None = None,
+    **fixed: str,
 ) -> tuple[list[Scene], np.ndarray]:
-    """`n` random scenes and their uint8 renders [n, 64, 64, 3]."""
+    """`n` random scenes (colours drawn from `colours` if given) and their uint8 renders."""
     scenes, images = [], []
     for _ in range(n):
+        if colours is not None:
+            fixed["colour"] = colours[rng.integers(len(colours))]
         scene = sample_scene(rng, style, **fixed)
         scenes.append(scene)
         images.append(render_scene(scene, rng))

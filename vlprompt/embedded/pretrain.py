@@ -44,7 +44,8 @@ class PretrainConfig:
     """Hyperparameters of the world-CLIP recipe (the defaults produce the bundled weights)."""
 
     steps: int = 600
-    batch_size: int = 128
+    batch_size: int = 64
+    batch_colours: int = 3
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup: int = 40
@@ -160,7 +161,9 @@ def train_world_clip(
         rng = np.random.default_rng(cfg.seed)
         bar = tqdm(range(cfg.steps), desc="pretraining world CLIP", disable=not progress)
         for step in bar:
-            scenes, images = render_batch(rng, cfg.batch_size)
+            # Few colours per batch: colour alone cannot separate most negatives, so shape must.
+            colours = [COLOUR_NAMES[i] for i in rng.choice(len(COLOUR_NAMES), cfg.batch_colours, replace=False)]
+            scenes, images = render_batch(rng, cfg.batch_size, colours=colours)
             captions = caption_batch(rng, scenes)
             tokens = tok([c.text for c in captions])
             positives = positives_matrix(captions, scenes)

@@ -150,3 +150,30 @@ def prompt_classname(classname: str) -> str:
 def fill_templates(templates: Sequence[str], classnames: Sequence[str]) -> list[list[str]]:
     """Prompts as ``[class][template]``."""
     return [[t.format(prompt_classname(c)) for t in templates] for c in classnames]
+
+
+# -- banks of the LASP / KgCoOp releases and of the embedded world (data in vlprompt/prompts/banks/) --
+
+
+@TEMPLATE_BANKS.register("lasp35")
+def _lasp35(dataset: ClassificationDataset | None) -> list[str]:
+    """The 35 templates of every released LASP config, duplicate included (see banks/lasp.py)."""
+    from vlprompt.prompts.banks.lasp import LASP_35
+
+    return list(LASP_35)
+
+
+@TEMPLATE_BANKS.register("lasp34")
+def _lasp34(dataset: ClassificationDataset | None) -> list[str]:
+    """LASP's list without its duplicate "a bad photo of the {}."."""
+    from vlprompt.prompts.banks.lasp import LASP_34
+
+    return list(LASP_34)
+
+
+@TEMPLATE_BANKS.register("world_captions")
+def _world_captions(dataset: ClassificationDataset | None) -> list[str]:
+    """The phrasings the embedded world's captions use (its text tower was pretrained on them)."""
+    from vlprompt.embedded.captions import TEMPLATES
+
+    return [template.replace("{np}", SLOT) for template, _ in TEMPLATES]

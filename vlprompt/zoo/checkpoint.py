@@ -1,17 +1,30 @@
 """A trained prompt on disk: ``<name>.safetensors`` (trainable tensors) + ``<name>.json`` (what they mean).
 
 Readable without vlprompt: plain safetensors and JSON. The JSON names the method and its config,
-the backbone identity, the class names, and the metrics, so a prompt is never applied to the wrong
-model silently.
+the backbone identity (with its weights hash), the class names and their hash, the templates, a
+summary of the training data, the metrics and a content hash of the tensors, so a prompt is never
+applied to the wrong model silently.
+
+The same JSON is also stored in the safetensors header (metadata key ``vlprompt_config``), so the
+``.safetensors`` file alone is a complete checkpoint: that single file is what the zoo publishes,
+hashes and downloads. When both exist, the ``.json`` beside the tensors wins.
+
+Layouts read by `load_prompt`: ``x.safetensors`` / ``x.json`` / ``x`` (a pair or a lone
+self-contained ``.safetensors``), a folder in Hub layout (``vlprompt_model.safetensors`` +
+``vlprompt_config.json``), or a zoo entry name.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import vlprompt
@@ -20,62 +33,334 @@ from vlprompt.errors import VLPromptError
 from vlprompt.methods.base import PromptMethod, build_method
 from vlprompt.paths import atomic_path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+HEADER_KEY = "vlprompt_config"  # safetensors header metadata key holding the JSON config
+HUB_TENSORS = "vlprompt_model.safetensors"  # file names in a Hub repo / folder layout
+HUB_CONFIG = "vlprompt_config.json"
 
 
-def classnames_hash(classnames: list[str]) -> str:
-    return hashlib.sha256("\n".join(classnames).encode()).hexdigest()[:16]
+# -- hashes -------------------------------------------------------------------------------------
 
 
-def _paths(path: str | Path) -> tuple[Path, Path]:
+def classnames_hash(classnames: Sequence[str]) -> str:
+    """sha256 of the class names joined by newlines (order matters: it is the label order)."""
+    return hashlib.sha256("\n".join(classnames).encode()).hexdigest()
+
+
+def tensors_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """Content hash of trained tensors (names, dtypes, shapes, bytes): independent of the file wrapping."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        value = tensors[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# -- paths --------------------------------------------------------------------------------------
+
+
+def prompt_files(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(tensors, config) paths of a checkpoint given as a stem, either file, or a Hub-layout folder."""
     path = Path(path)
+    if path.is_dir():
+        return path / HUB_TENSORS, path / HUB_CONFIG
     stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
 
 
-def save_prompt(path: str | Path, method: PromptMethod, extra: dict[str, Any] | None = None) -> Path:
-    """Write tensors and metadata atomically; returns the .safetensors path."""
+_paths = prompt_files  # old private name
+
+
+def is_prompt_path(path: str | os.PathLike) -> bool:
+    tensors, config = prompt_files(path)
+    return tensors.is_file() or config.is_file()
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+def _templates_of(method: PromptMethod) -> list[str]:
+    """Templates the method builds its prompts from: its assembler's layout and/or configured templates."""
+    found: list[str] = []
+    assembler = getattr(method, "prompts", None)
+    if isinstance(getattr(assembler, "template", None), str):
+        found.append(assembler.template)
+    configured = getattr(method.config, "templates", None)
+    if isinstance(configured, (list, tuple)):
+        found.extend(str(t) for t in configured)
+    return found
+
+
+def _summary_from_result(result: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(training, metrics) from the result summary `api.run_experiment` passes as ``extra={"result": ...}``."""
+    protocol = result.get("protocol") or {}
+    training = {
+        "dataset": result.get("dataset"),
+        "protocol": protocol.get("name"),
+        "shots": protocol.get("shots"),
+        "seed": protocol.get("seed"),
+        "num_train_items": result.get("num_train_items"),
+    }
+    return {k: v for k, v in training.items() if v is not None}, result.get("metrics") or {}
+
+
+def prompt_metadata(
+    method: PromptMethod,
+    tensors: dict[str, torch.Tensor],
+    templates: Sequence[str] | None = None,
+    training: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON config of a checkpoint (see the module docstring)."""
     from dataclasses import asdict
 
-    tensors_path, meta_path = _paths(path)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in method.trainable_state().items()}
-    meta = {
+    extra = dict(extra or {})
+    if isinstance(extra.get("result"), dict) and (training is None or metrics is None):
+        found_training, found_metrics = _summary_from_result(extra["result"])
+        training = found_training if training is None else training
+        metrics = found_metrics if metrics is None else metrics
+    return {
         "format_version": FORMAT_VERSION,
         "vlprompt_version": vlprompt.__version__,
         "method": method.name,
         "method_config": asdict(method.config),
+        "class_agnostic": bool(method.class_agnostic),
         "backbone": method.backbone.identity.to_dict(),
-        "classnames": method.classnames,
+        "classnames": list(method.classnames),
         "classnames_sha256": classnames_hash(method.classnames),
-        **(extra or {}),
+        "templates": list(templates) if templates is not None else _templates_of(method),
+        "training": dict(training or {}),  # dataset, shots, seed, split_file_sha256, ...
+        "metrics": dict(metrics or {}),
+        "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in tensors.items()},
+        "tensors_sha256": tensors_hash(tensors),
+        **extra,
     }
+
+
+def write_prompt_files(
+    tensors: dict[str, torch.Tensor], meta: dict[str, Any], tensors_path: str | os.PathLike, config_path: str | os.PathLike | None
+) -> Path:
+    """Write the self-contained safetensors (config in its header) and, if given, the JSON beside it."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    text = json.dumps(meta, indent=2, default=str)
+    header = {"format": "pt", "method": str(meta.get("method")), HEADER_KEY: json.dumps(meta, default=str)}
     with atomic_path(tensors_path) as tmp:
-        save_file(tensors, str(tmp), metadata={"method": method.name})
-    with atomic_path(meta_path) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2))
-    return tensors_path
+        save_file(tensors, str(tmp), metadata=header)
+    if config_path is not None:
+        with atomic_path(config_path) as tmp:
+            tmp.write_text(text)
+    return Path(tensors_path)
 
 
-def read_prompt_meta(path: str | Path) -> dict[str, Any]:
-    _, meta_path = _paths(path)
-    if not meta_path.is_file():
-        raise VLPromptError(f"prompt metadata not found: {meta_path} (a prompt is a .safetensors + .json pair)")
-    return json.loads(meta_path.read_text())
+def save_prompt(
+    path: str | os.PathLike,
+    method: PromptMethod,
+    extra: dict[str, Any] | None = None,
+    *,
+    templates: Sequence[str] | None = None,
+    training: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Write tensors and metadata atomically; returns the .safetensors path.
+
+    `training` summarises the data (``dataset``, ``shots``, ``seed``, ``split_file_sha256``...),
+    `metrics` the evaluation; both default to what ``extra["result"]`` holds (run_experiment's summary).
+    `templates` default to the method's own. Other `extra` keys are stored as they are.
+    """
+    tensors_path, config_path = prompt_files(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in method.trainable_state().items()}
+    meta = prompt_metadata(method, tensors, templates, training, metrics, extra)
+    return write_prompt_files(tensors, meta, tensors_path, config_path)
 
 
-def load_prompt(path: str | Path, backbone: Backbone, classnames: list[str] | None = None) -> PromptMethod:
-    """A ready classifier from a saved prompt; refuses a prompt trained on another backbone."""
-    tensors_path, _ = _paths(path)
+# -- reading ------------------------------------------------------------------------------------
+
+
+def _header_meta(tensors_path: Path) -> dict[str, Any] | None:
+    try:
+        with safe_open(str(tensors_path), framework="pt") as handle:
+            header = handle.metadata() or {}
+    except Exception as error:  # noqa: BLE001  (safetensors raises several types on bad files)
+        raise VLPromptError(f"cannot read prompt tensors {tensors_path}: {error}") from None
+    text = header.get(HEADER_KEY)
+    return json.loads(text) if text else None
+
+
+def read_prompt_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON config: the ``.json`` beside the tensors, else the one in the safetensors header."""
+    tensors_path, config_path = prompt_files(path)
+    if config_path.is_file():
+        try:
+            return json.loads(config_path.read_text())
+        except json.JSONDecodeError as error:
+            raise VLPromptError(f"prompt metadata {config_path} is not valid JSON: {error}") from None
+    if tensors_path.is_file():
+        meta = _header_meta(tensors_path)
+        if meta is not None:
+            return meta
+        raise VLPromptError(
+            f"prompt metadata not found: neither {config_path} nor a '{HEADER_KEY}' entry in {tensors_path}'s header"
+        )
+    raise VLPromptError(f"prompt metadata not found: {config_path} (a prompt is a .safetensors + .json pair)")
+
+
+def read_prompt(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, config) of a checkpoint on disk, with the tensors checked against the recorded hash."""
+    tensors_path, _ = prompt_files(path)
     meta = read_prompt_meta(path)
     if not tensors_path.is_file():
         raise VLPromptError(f"prompt tensors not found: {tensors_path}")
-    if not backbone.identity.same_model(meta["backbone"]):
-        trained = f"{meta['backbone']['name']} ({meta['backbone'].get('pretrained')})"
+    tensors = load_file(str(tensors_path))
+    expected = meta.get("tensors_sha256")
+    if expected and tensors_hash(tensors) != expected:
         raise VLPromptError(
-            f"prompt {tensors_path} was trained on backbone {trained}, not {backbone.identity.describe()}"
+            f"prompt tensors {tensors_path} do not match the hash in their config "
+            f"({expected[:16]}...): the file was changed or belongs to another config"
+        )
+    return tensors, meta
+
+
+def resolve_prompt(path_or_name: str | os.PathLike, offline: bool | None = None, progress: bool = True) -> Path:
+    """A checkpoint path on disk: the path itself when it exists, else the zoo entry of that name (fetched)."""
+    if is_prompt_path(path_or_name):
+        return Path(path_or_name)
+    if str(path_or_name).startswith("hf://"):
+        return _download_hub_prompt(str(path_or_name), offline)
+    from vlprompt.zoo.registry import fetch, load_registry
+
+    registry = load_registry()
+    name = str(path_or_name)
+    if name in registry:
+        return fetch(registry[name], offline=offline, progress=progress)
+    from vlprompt.registry import unknown_name_message
+
+    hint = unknown_name_message("zoo entry", name, list(registry) or ["(the zoo is empty)"])
+    raise VLPromptError(f"no prompt checkpoint at {name!r}, and {hint}")
+
+
+def _download_hub_prompt(spec: str, offline: bool | None) -> Path:
+    """``hf://org/repo[/file][@revision]``: the self-contained safetensors file, through the HF cache."""
+    from vlprompt.zoo.download import is_offline
+
+    body, _, revision = spec[len("hf://") :].partition("@")
+    parts = body.split("/")
+    if len(parts) < 2:
+        raise VLPromptError(f"hub prompt {spec!r} must look like hf://<org>/<repo>[/<file>][@revision]")
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:]) or HUB_TENSORS
+    try:
+        from huggingface_hub import hf_hub_download
+
+        local_only = is_offline() if offline is None else offline
+        return Path(hf_hub_download(repo_id, filename, revision=revision or None, local_files_only=local_only))
+    except Exception as error:  # noqa: BLE001  (network, auth, offline: one clear line)
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise VLPromptError(f"cannot get {filename} from hub repo {repo_id}: {type(error).__name__}: {first}") from None
+
+
+def backbone_for(meta: dict[str, Any], device: str = "cpu") -> Backbone:
+    """Build the backbone a checkpoint was trained on, from its recorded identity."""
+    from vlprompt.backbones import create_backbone
+
+    ident = meta["backbone"]
+    source, name = ident.get("source", "open_clip"), ident["name"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return create_backbone(name if source == "open_clip" else f"{source}:{name}", ident.get("pretrained"), device=device)
+
+
+def _describe(ident: dict[str, Any]) -> str:
+    text = f"{ident.get('name')} ({ident.get('pretrained') or 'random weights'})"
+    return text + (f" weights {ident['weights_hash'][:12]}" if ident.get("weights_hash") else "")
+
+
+def load_prompt(
+    path_or_name: str | os.PathLike,
+    backbone: Backbone | None = None,
+    classnames: Sequence[str] | None = None,
+    *,
+    device: str = "cpu",
+    offline: bool | None = None,
+) -> PromptMethod:
+    """A ready classifier (in eval mode) from a checkpoint path or a zoo entry name.
+
+    `backbone` defaults to the one recorded in the checkpoint, built on `device`. A checkpoint for
+    another backbone is refused with an error naming both. `classnames` replaces the trained class
+    names for methods whose context does not depend on the class; the others refuse.
+    """
+    path = resolve_prompt(path_or_name, offline=offline)
+    tensors, meta = read_prompt(path)
+    if backbone is None:
+        backbone = backbone_for(meta, device)
+    if not backbone.identity.same_model(meta["backbone"]):
+        raise VLPromptError(
+            f"prompt {path} was trained on backbone {_describe(meta['backbone'])}, "
+            f"not {_describe(backbone.identity.to_dict())}"
         )
     method = build_method(meta["method"], backbone, meta["classnames"], meta["method_config"])
-    method.load_trainable_state(load_file(str(tensors_path)))
-    if classnames is not None and list(classnames) != meta["classnames"]:
-        method.set_classnames(classnames)
+    method.load_trainable_state(tensors)
+    method.to(backbone.device)
+    method.eval()
+    if classnames is not None and list(classnames) != list(meta["classnames"]):
+        if not method.class_agnostic:
+            raise VLPromptError(
+                f"prompt {path} ({meta['method']}) is tied to its {len(meta['classnames'])} training classes: "
+                "its learned parameters depend on the class, so it cannot take new class names "
+                "(class-agnostic methods such as unified CoOp or CoCoOp can)"
+            )
+        method.set_classnames(list(classnames))
     return method
+
+
+# -- export -------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def export_classifier(
+    prompt: str | os.PathLike | PromptMethod,
+    out: str | os.PathLike | None = None,
+    backbone: Backbone | None = None,
+    classnames: Sequence[str] | None = None,
+    device: str = "cpu",
+) -> torch.Tensor:
+    """The class text-feature matrix ``[D, C]`` (fp32, L2-normalised columns) as a fixed linear classifier.
+
+    Saved with ``torch.save`` as a plain tensor, the form CLIP_benchmark's ``--load_clfs`` reads
+    (``logits = 100 * image_features @ classifier``); a ``.json`` beside it lists the class order.
+    Methods whose text depends on the image (CoCoOp) or that are not text classifiers (linear probe)
+    are refused.
+    """
+    method = prompt if isinstance(prompt, PromptMethod) else load_prompt(prompt, backbone, classnames, device=device)
+    if isinstance(prompt, PromptMethod) and classnames is not None and list(classnames) != method.classnames:
+        method.set_classnames(list(classnames))
+    features = method.class_features()
+    if features is None:
+        raise VLPromptError(
+            f"{method.name}: has no fixed class text features (its text side depends on the image, or it is not "
+            "a text classifier), so it cannot be exported as a linear classifier"
+        )
+    classifier = features.detach().float().cpu().t().contiguous()  # [D, C]
+    if out is not None:
+        out = Path(out)
+        with atomic_path(out) as tmp:
+            torch.save(classifier, tmp)
+        info = {
+            "shape": list(classifier.shape),
+            "layout": "[embed_dim, num_classes]; logits = image_features @ classifier",
+            "classnames": list(method.classnames),
+            "method": method.name,
+            "backbone": method.backbone.identity.to_dict(),
+            "source": None if isinstance(prompt, PromptMethod) else str(prompt),
+        }
+        with atomic_path(out.with_suffix(".json")) as tmp:
+            tmp.write_text(json.dumps(info, indent=2))
+    return classifier

@@ -1,0 +1,36 @@
+"""`vlprompt predict --prompt NAME_OR_PATH IMAGE...`: top-k labels and scores per image."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from vlprompt.cli import COMMANDS
+
+
+@COMMANDS.register("predict")
+def _predict_command(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("predict", help="classify images with a trained prompt (path or zoo name)")
+    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    parser.add_argument("--prompt", required=True, help="checkpoint path, zoo entry name or hf://org/repo")
+    parser.add_argument("--classes", default=None, help="replace the class names: 'a,b,c' or a file with one per line")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+    parser.add_argument("--batch-size", type=int, default=32)
+
+    def run(args: argparse.Namespace) -> None:
+        from vlprompt.commands.zoo import _classes_arg
+        from vlprompt.zoo.predict import format_predictions, predict
+
+        results = predict(
+            args.prompt,
+            args.images,
+            classnames=_classes_arg(args.classes),
+            top_k=args.top_k,
+            device=args.device,
+            batch_size=args.batch_size,
+        )
+        print(json.dumps(results, indent=2) if args.json else format_predictions(results))
+
+    parser.set_defaults(run=run)

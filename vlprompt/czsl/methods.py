@@ -1,0 +1,422 @@
+"""Pair-scoring methods for CZSL: zero-shot CLIP, a CoOp-style learned prefix, CSP and DFSP.
+
+Every method is a `PromptMethod` over pair "classes" (``classnames`` = "attr obj" of the current
+candidate pairs), so the generic `Trainer` trains it: ``forward(batch) -> [B, P]`` logits over the
+current pairs (the train pairs while training). Evaluation goes through `prepare_eval` /
+`eval_image_features` / `eval_text_features` so text is encoded once per evaluation, in chunks,
+whatever the number of candidate pairs.
+
+Prompts ("[prefix] [attr] [obj]") are built with one `PromptAssembler` holding a single tokenized
+prompt; per-pair attribute / object vectors enter through its batch axis, so nothing of size
+``P x L x W`` exists beyond one chunk of pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlprompt.backbones.base import Backbone
+from vlprompt.errors import VLPromptError
+from vlprompt.methods.base import MethodConfig, PromptMethod
+from vlprompt.prompts.assembler import PromptAssembler
+from vlprompt.prompts.context import word_embeddings
+from vlprompt.registry import Registry
+
+CZSL_METHODS: Registry[type] = Registry("czsl method")
+
+
+def register_czsl_method(name: str):
+    def decorator(cls):
+        cls.name = name
+        return CZSL_METHODS.register(name)(cls)
+
+    return decorator
+
+
+def clean_name(name: str) -> str:
+    """CSP/DFSP's text form of a primitive ('.' -> ' ', lower-case; '_' -> ' ' too)."""
+    return name.replace(".", " ").replace("_", " ").lower()
+
+
+@torch.no_grad()
+def mean_token_embeddings(backbone: Backbone, names: Sequence[str]) -> torch.Tensor:
+    """``[N, W]``: mean of each name's BPE token embeddings between SOT and EOT (CSP's init)."""
+    ids = backbone.tokenize([clean_name(n) for n in names])
+    eot = backbone.eot_index(ids)
+    emb = backbone.embed_tokens(ids).float().cpu()
+    pos = torch.arange(ids.shape[1])[None]
+    mask = ((pos >= 1) & (pos < eot[:, None])).float()
+    return (emb * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+
+
+def group_mean(values: torch.Tensor, groups: torch.Tensor, n_groups: int, dim: int = 0,
+               empty: float = 0.0) -> torch.Tensor:
+    """Mean of `values` over positions along `dim` that share a group id, vectorised (index_add).
+
+    Groups with no member get `empty` (never NaN).
+    """
+    values = values.movedim(dim, 0)
+    shape = (n_groups, *values.shape[1:])
+    sums = torch.zeros(shape, dtype=values.dtype, device=values.device).index_add_(0, groups, values)
+    counts = torch.zeros(n_groups, dtype=values.dtype, device=values.device).index_add_(
+        0, groups, torch.ones_like(groups, dtype=values.dtype))
+    view = (n_groups,) + (1,) * (values.dim() - 1)
+    out = sums / counts.clamp(min=1).view(view)
+    out = torch.where(counts.view(view) > 0, out, torch.full_like(out, empty))
+    return out.movedim(0, dim)
+
+
+def image_token_count(backbone: Backbone) -> tuple[int, int]:
+    """(tokens, width) of the backbone's image tokens, probed once with a blank image."""
+    size = getattr(backbone, "image_size", (224, 224))
+    with torch.no_grad():
+        tokens = backbone.image_tokens(torch.zeros(1, 3, *size, device=backbone.device, dtype=backbone.dtype))
+    return int(tokens.shape[1]), int(tokens.shape[2])
+
+
+@dataclass
+class PairMethodConfig(MethodConfig):
+    text_batch: int = 1024  # pairs per text-encoder chunk at evaluation
+
+
+class PairMethod(PromptMethod):
+    """Base: primitives, the current candidate pairs and the eval protocol hooks."""
+
+    config_class: ClassVar[type[MethodConfig]] = PairMethodConfig
+
+    def __init__(self, backbone: Backbone, attrs: Sequence[str], objs: Sequence[str], pairs: torch.Tensor,
+                 config: PairMethodConfig) -> None:
+        self.attrs, self.objs = list(attrs), list(objs)
+        pairs = torch.as_tensor(pairs, dtype=torch.long).reshape(-1, 2)
+        super().__init__(backbone, self._names(pairs), config)
+        self.register_buffer("pair_index", pairs.clone(), persistent=False)
+
+    def _names(self, pairs: torch.Tensor) -> list[str]:
+        return [f"{self.attrs[a]} {self.objs[o]}" for a, o in pairs.tolist()]
+
+    @property
+    def n_attrs(self) -> int:
+        return len(self.attrs)
+
+    def set_pairs(self, pairs: torch.Tensor) -> None:
+        """Make `pairs` ``[P, 2]`` the current candidate set (train pairs to train, phase pairs to test)."""
+        pairs = torch.as_tensor(pairs, dtype=torch.long).reshape(-1, 2)
+        if len(pairs) and (pairs[:, 0].max() >= len(self.attrs) or pairs[:, 1].max() >= len(self.objs)):
+            raise VLPromptError(f"{self.name}: pair index out of range ({len(self.attrs)} attrs, {len(self.objs)} objs)")
+        self.pair_index = pairs.to(self.pair_index.device)
+        self.classnames = self._names(pairs)
+
+    def set_classnames(self, classnames: Sequence[str]) -> None:
+        raise VLPromptError(f"{self.name}: CZSL methods take candidate pairs via set_pairs(), not class names")
+
+    # -- text side ------------------------------------------------------------------------
+
+    def pair_text_features(self, pairs: torch.Tensor) -> torch.Tensor:
+        """``[P, D]`` raw (not normalised) text features of `pairs` (grad flows to learned vectors)."""
+        raise NotImplementedError
+
+    def chunked_text_features(self, pairs: torch.Tensor) -> torch.Tensor:
+        step = self.config.text_batch
+        return torch.cat([self.pair_text_features(pairs[i : i + step]) for i in range(0, len(pairs), step)])
+
+    def class_features(self) -> torch.Tensor:
+        return F.normalize(self.chunked_text_features(self.pair_index), dim=-1)
+
+    # -- evaluation protocol --------------------------------------------------------------
+
+    @torch.no_grad()
+    def prepare_eval(self, pairs: torch.Tensor) -> dict[str, Any]:
+        """Everything image-independent for scoring `pairs`: computed once per evaluation."""
+        return {"text": F.normalize(self.chunked_text_features(pairs.to(self.pair_index.device)).float(), dim=-1)}
+
+    def eval_image_features(self, batch: dict[str, torch.Tensor], state: dict[str, Any]) -> torch.Tensor:
+        return self.image_features(batch).float()
+
+    def eval_text_features(self, state: dict[str, Any], cols: slice) -> torch.Tensor:
+        return state["text"][cols]
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        image = self.image_features(batch)
+        text = F.normalize(self.pair_text_features(self.pair_index), dim=-1)
+        return self.backbone.logit_scale * image @ text.to(image.dtype).t()
+
+
+class _SlotPrompt(nn.Module):
+    """"{prefix} {attr} {obj}" with one-token attr/obj slots, pairs fed through the batch axis."""
+
+    def __init__(self, backbone: Backbone, prefix: str | None, n_ctx: int = 0) -> None:
+        super().__init__()
+        if prefix is None:  # learned prefix slot
+            template, learned = "{ctx} {attr} {obj}", {"ctx": n_ctx, "attr": 1, "obj": 1}
+        else:
+            template, learned = prefix + " {attr} {obj}", {"attr": 1, "obj": 1}
+        self.assembler = PromptAssembler(backbone, template, {}, learned)
+        self.has_ctx = prefix is None
+
+    def encode(self, attr_vecs: torch.Tensor, obj_vecs: torch.Tensor, ctx: torch.Tensor | None = None) -> torch.Tensor:
+        """attr/obj vectors ``[P, W]`` -> text features ``[P, D]``."""
+        vectors = {"attr": attr_vecs[:, None, None, :], "obj": obj_vecs[:, None, None, :]}
+        if self.has_ctx:
+            vectors["ctx"] = ctx
+        return self.assembler.encode(**vectors)[:, 0]
+
+
+# -- zero-shot --------------------------------------------------------------------------------
+
+@dataclass
+class ZeroShotPairConfig(PairMethodConfig):
+    template: str = "a photo of {attr} {obj}"
+
+
+@register_czsl_method("zero-shot")
+class ZeroShotPairs(PairMethod):
+    """CLIP with the hard prompt "a photo of {attr} {obj}" (CSP's `clip` baseline)."""
+
+    config_class = ZeroShotPairConfig
+
+    def pair_text_features(self, pairs: torch.Tensor) -> torch.Tensor:
+        texts = [self.config.template.format(attr=clean_name(self.attrs[a]), obj=clean_name(self.objs[o]))
+                 for a, o in pairs.tolist()]
+        with torch.no_grad():
+            return self.backbone.encode_text(texts)
+
+
+# -- CoOp prefix, CSP --------------------------------------------------------------------------
+
+@dataclass
+class CoOpPairConfig(PairMethodConfig):
+    ctx_init: str = "a photo of"  # the learned prefix starts from these words (sets n_ctx)
+
+
+@register_czsl_method("coop")
+class CoOpPairs(PairMethod):
+    """CSP repo's CoOp baseline: a learned prefix; attr/obj vectors frozen at their mean-BPE init."""
+
+    config_class = CoOpPairConfig
+
+    def __init__(self, backbone, attrs, objs, pairs, config: CoOpPairConfig) -> None:
+        super().__init__(backbone, attrs, objs, pairs, config)
+        ctx = word_embeddings(backbone, config.ctx_init)
+        self.ctx = nn.Parameter(ctx)
+        self.register_buffer("vocab", mean_token_embeddings(backbone, self.attrs + self.objs), persistent=False)
+        self.prompt = _SlotPrompt(backbone, None, ctx.shape[0])
+
+    def pair_text_features(self, pairs: torch.Tensor) -> torch.Tensor:
+        vocab = self.vocab
+        return self.prompt.encode(vocab[pairs[:, 0]], vocab[self.n_attrs + pairs[:, 1]], self.ctx)
+
+
+@dataclass
+class CSPConfig(PairMethodConfig):
+    prefix: str = "a photo of"  # frozen hard prefix
+    attr_dropout: float = 0.3  # nn.Dropout on the vocabulary matrix
+
+
+@register_czsl_method("csp")
+class CSP(PairMethod):
+    """CSP (Nayak et al., ICLR'23): one learned vector per attribute and object, frozen prefix."""
+
+    config_class = CSPConfig
+
+    def __init__(self, backbone, attrs, objs, pairs, config: CSPConfig) -> None:
+        super().__init__(backbone, attrs, objs, pairs, config)
+        self.vocab = nn.Parameter(mean_token_embeddings(backbone, self.attrs + self.objs))
+        self.dropout = nn.Dropout(config.attr_dropout)
+        self.prompt = _SlotPrompt(backbone, config.prefix)
+
+    def pair_text_features(self, pairs: torch.Tensor) -> torch.Tensor:
+        vocab = self.dropout(self.vocab)
+        return self.prompt.encode(vocab[pairs[:, 0]], vocab[self.n_attrs + pairs[:, 1]])
+
+
+# -- DFSP ---------------------------------------------------------------------------------------
+
+@dataclass
+class DFSPConfig(PairMethodConfig):
+    ctx_init: str = "a photo of"  # learned prefix init
+    attr_dropout: float = 0.3
+    fusion: str = "txt2img"  # txt2img | none (soft prompt only, DFSP's OnlySPM)
+    res_w: float = 0.8  # weight of the CLIP features in the residual mix
+    att_obj_w: float = 0.01
+    sp_w: float = 0.1
+    sa_layers: int = 1  # self-attention blocks after the cross-attention (SA_K)
+    fusion_dropout: float = 0.3
+    empty_logit: float = -1e4  # decomposed logit of a primitive with no pair in the current set
+
+
+class _CrossBlock(nn.Module):
+    """x + MHA(LN(x), LN(y), LN(y)), then x + MLP(LN(x)) (DFSP's CrossResidualAttentionBlock)."""
+
+    def __init__(self, width: int, heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.ln_x, self.ln_y, self.ln_2 = nn.LayerNorm(width), nn.LayerNorm(width), nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * width, width))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        q = self.ln_x(x)
+        kv = q if y is None else self.ln_y(y)
+        x = x + self.attn(q, kv, kv, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class TextToImageFusion(nn.Module):
+    """DFSP's ``txt2img`` fusion on what the Backbone interface exposes.
+
+    - decomposed primitive text features ``[A+O, D]`` -> ``txt2img_1`` (D -> W_img) -> ``txt2img_2``
+      (a linear over the A+O axis, -> T pseudo-tokens) -> dropout: pseudo-tokens ``[T, W_img]``
+      shared by all images, T = the backbone's image-token count + 1;
+    - image queries ``[B, T, W_img]``: a query made from the CLIP image feature (the CLS stand-in)
+      followed by the backbone's image tokens; they cross-attend to the pseudo-tokens, then pass
+      ``sa_layers`` self-attention blocks; the fused image feature is the first token mapped to D;
+    - text side: each pair's text feature passes a residual attention block (one-token sequence).
+
+    Deviation from the official code (documented): DFSP decomposes last-layer *token* sequences
+    (L=8 per pair) before ln_final/projection; the Backbone interface yields pooled features, so the
+    decomposition runs on pooled pair features (L=1). The token count comes from the backbone.
+    """
+
+    def __init__(self, n_primitives: int, text_dim: int, n_img_tokens: int, img_width: int, sa_layers: int = 1,
+                 dropout: float = 0.3) -> None:
+        super().__init__()
+        self.n_tokens = n_img_tokens + 1
+        heads = max(1, img_width // 64)
+        self.txt2img_1 = nn.Linear(text_dim, img_width)
+        self.txt2img_2 = nn.Linear(n_primitives, self.n_tokens)
+        self.drop = nn.Dropout(dropout)
+        self.query = nn.Linear(text_dim, img_width)
+        self.cross = _CrossBlock(img_width, heads)
+        self.self_blocks = nn.ModuleList(_CrossBlock(img_width, heads, dropout) for _ in range(sa_layers))
+        self.out_ln = nn.LayerNorm(img_width)
+        self.out = nn.Linear(img_width, text_dim)
+        self.txt_block = _CrossBlock(text_dim, max(1, text_dim // 64), dropout)
+
+    def pseudo_tokens(self, primitives: torch.Tensor) -> torch.Tensor:
+        """``[A+O, D]`` -> ``[T, W_img]``."""
+        x = self.txt2img_1(primitives)  # [A+O, W]
+        return self.drop(self.txt2img_2(x.t()).t())  # linear over the primitive axis -> [T, W]
+
+    def fuse_image(self, clip_feat: torch.Tensor, tokens: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.query(clip_feat)[:, None], tokens], dim=1)  # [B, T, W]
+        if x.shape[1] != pseudo.shape[0]:
+            raise VLPromptError(f"dfsp fusion: {x.shape[1]} image tokens but {pseudo.shape[0]} pseudo-tokens "
+                                "(image size differs from the one the fusion was built for)")
+        y = pseudo.unsqueeze(0).expand(x.shape[0], -1, -1)
+        x = self.cross(x, y)
+        for block in self.self_blocks:
+            x = block(x)
+        return self.out(self.out_ln(x[:, 0]))
+
+    def fuse_text(self, text: torch.Tensor) -> torch.Tensor:
+        return self.txt_block(text[:, None])[:, 0]
+
+
+@register_czsl_method("dfsp")
+class DFSP(PairMethod):
+    """DFSP (Lu et al., CVPR'23): learned prefix + primitive vocabulary + decomposed fusion."""
+
+    config_class = DFSPConfig
+    needs_images = True
+
+    def __init__(self, backbone, attrs, objs, pairs, config: DFSPConfig) -> None:
+        super().__init__(backbone, attrs, objs, pairs, config)
+        if config.fusion not in ("txt2img", "none"):
+            raise VLPromptError(f"dfsp: fusion {config.fusion!r} is not one of ['txt2img', 'none']")
+        ctx = word_embeddings(backbone, config.ctx_init)
+        self.ctx = nn.Parameter(ctx)
+        self.vocab = nn.Parameter(mean_token_embeddings(backbone, self.attrs + self.objs))
+        self.dropout = nn.Dropout(config.attr_dropout)
+        self.prompt = _SlotPrompt(backbone, None, ctx.shape[0])
+        self.fusion = None
+        if config.fusion == "txt2img":
+            n_tokens, width = image_token_count(backbone)
+            self.fusion = TextToImageFusion(len(self.attrs) + len(self.objs), backbone.identity.embed_dim,
+                                            n_tokens, width, config.sa_layers, config.fusion_dropout)
+        self._aux: dict[str, torch.Tensor] = {}
+
+    def pair_text_features(self, pairs: torch.Tensor) -> torch.Tensor:
+        vocab = self.dropout(self.vocab)
+        return self.prompt.encode(vocab[pairs[:, 0]], vocab[self.n_attrs + pairs[:, 1]], self.ctx)
+
+    def decompose(self, text: torch.Tensor, pairs: torch.Tensor, empty: float = 0.0) -> torch.Tensor:
+        """Pair rows ``[P, ...]`` -> primitive rows ``[A+O, ...]``: mean over pairs sharing each."""
+        groups = torch.cat([pairs[:, 0], self.n_attrs + pairs[:, 1]])
+        return group_mean(torch.cat([text, text]), groups, len(self.attrs) + len(self.objs), empty=empty)
+
+    def _image_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        images = batch["images"]
+        with torch.no_grad():
+            clip_feat = self.backbone.encode_image(images).float()
+            tokens = self.backbone.image_tokens(images).float() if self.fusion is not None else None
+        return clip_feat, tokens
+
+    def _mix(self, clip: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
+        w = self.config.res_w
+        return F.normalize(w * clip + (1 - w) * fused, dim=-1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        pairs = self.pair_index
+        text = self.pair_text_features(pairs).float()  # [P, D]
+        clip_feat, tokens = self._image_inputs(batch)
+        scale = self.backbone.logit_scale
+        logits_sp = scale * F.normalize(clip_feat, dim=-1) @ F.normalize(text, dim=-1).t()
+        if self.fusion is not None:
+            pseudo = self.fusion.pseudo_tokens(self.decompose(text, pairs))
+            img = self._mix(clip_feat, self.fusion.fuse_image(clip_feat, tokens, pseudo))
+            txt = self._mix(text, self.fusion.fuse_text(text))
+            logits = scale * img @ txt.t()
+        else:
+            logits = logits_sp
+        dec = self.decompose(logits_sp.t(), pairs, empty=self.config.empty_logit).t()  # [B, A+O]
+        self._aux = {"sp": logits_sp, "attr": dec[:, : self.n_attrs], "obj": dec[:, self.n_attrs :]}
+        return logits
+
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        y = batch["labels"]
+        y_attr, y_obj = self.pair_index[y, 0], self.pair_index[y, 1]
+        aux = self._aux
+        ce_pair = F.cross_entropy(logits.float(), y)
+        ce_prim = F.cross_entropy(aux["attr"].float(), y_attr) + F.cross_entropy(aux["obj"].float(), y_obj)
+        ce_sp = F.cross_entropy(aux["sp"].float(), y)
+        loss = ce_pair + self.config.att_obj_w * ce_prim + self.config.sp_w * ce_sp
+        acc = (logits.argmax(-1) == y).float().mean()
+        return loss, {"loss": float(loss.detach()), "ce_pair": float(ce_pair.detach()),
+                      "ce_prim": float(ce_prim.detach()), "ce_sp": float(ce_sp.detach()), "acc": float(acc) * 100}
+
+    # -- evaluation: fused pair scores only -------------------------------------------------
+
+    @torch.no_grad()
+    def prepare_eval(self, pairs: torch.Tensor) -> dict[str, Any]:
+        pairs = pairs.to(self.pair_index.device)
+        text = self.chunked_text_features(pairs).float()
+        state: dict[str, Any] = {"pairs": pairs, "raw": text}
+        if self.fusion is not None:
+            # decomposition over the candidate set of this phase (as the reference does)
+            state["pseudo"] = self.fusion.pseudo_tokens(self.decompose(text, pairs))
+        return state
+
+    @torch.no_grad()
+    def eval_image_features(self, batch: dict[str, torch.Tensor], state: dict[str, Any]) -> torch.Tensor:
+        clip_feat, tokens = self._image_inputs(batch)
+        if self.fusion is None:
+            return F.normalize(clip_feat, dim=-1)
+        return self._mix(clip_feat, self.fusion.fuse_image(clip_feat, tokens, state["pseudo"]))
+
+    @torch.no_grad()
+    def eval_text_features(self, state: dict[str, Any], cols: slice) -> torch.Tensor:
+        text = state["raw"][cols]
+        if self.fusion is None:
+            return F.normalize(text, dim=-1)
+        return self._mix(text, self.fusion.fuse_text(text))
+
+
+def build_czsl_method(name: str, backbone: Backbone, attrs: Sequence[str], objs: Sequence[str], pairs: torch.Tensor,
+                      config: dict[str, Any] | None = None) -> PairMethod:
+    cls = CZSL_METHODS.get(name)
+    return cls(backbone, attrs, objs, pairs, cls.config_class.from_dict(config, where=f"{name} config"))

@@ -1,0 +1,78 @@
+"""Text-side regularisers shared by LASP and KgCoOp, as pure functions of feature tensors.
+
+- `handcrafted_features`: frozen hand-crafted prompt features, every template x every class.
+- `text_to_text_loss`: LASP's L_TT, a cross-entropy in text space at CLIP's logit scale.
+- `kgcoop_loss`: KgCoOp's 1 - mean cosine between learned and hand-crafted class features.
+
+Notation: ``soft [C, D]`` are the L2-normalised soft-prompt class features, ``hand [T, C, D]`` the
+L2-normalised hand-crafted features (template t, class c), ``s`` the logit scale, and
+``logits[t, i, j] = s * <soft_i, hand_tj>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from vlprompt.backbones.base import Backbone
+from vlprompt.errors import VLPromptError
+from vlprompt.prompts.templates import fill_templates
+
+DIRECTIONS = ("soft_as_classifier", "handcrafted_as_classifier", "symmetric")
+
+
+def handcrafted_features(
+    backbone: Backbone, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 1024
+) -> torch.Tensor:
+    """``[T, C, D]`` fp32, each prompt's text feature L2-normalised (not averaged over templates).
+
+    Class names go in with underscores as spaces (`fill_templates`). Computed without autograd and
+    outside autocast, so it is the exact frozen target whatever context it is called from.
+    """
+    prompts = [p for per_class in fill_templates(templates, classnames) for p in per_class]  # class-major
+    device = backbone.device
+    with torch.inference_mode(), torch.autocast(device.type, enabled=False):
+        encoded = torch.cat(
+            [
+                F.normalize(backbone.encode_text(prompts[i : i + batch_size]).float(), dim=-1)
+                for i in range(0, len(prompts), batch_size)
+            ]
+        )
+    return encoded.view(len(classnames), len(templates), -1).transpose(0, 1).contiguous().clone()
+
+
+def text_to_text_loss(
+    soft: torch.Tensor, hand: torch.Tensor, scale: float | torch.Tensor, direction: str = "soft_as_classifier"
+) -> torch.Tensor:
+    """LASP's text-to-text cross-entropy, averaged over templates and classes.
+
+    - ``soft_as_classifier`` (the official code's, default): each hand-crafted feature ``hand[t, j]`` is
+      classified among the soft-prompt class features; softmax over i of ``logits[t, :, j]``, target j.
+    - ``handcrafted_as_classifier`` (the paper's wording): each soft feature ``soft[i]`` is classified
+      among the hand-crafted features of template t; softmax over j of ``logits[t, i, :]``, target i.
+    - ``symmetric``: the sum of the two.
+    """
+    if direction not in DIRECTIONS:
+        raise VLPromptError(f"text-to-text direction {direction!r} is not one of {list(DIRECTIONS)}")
+    if soft.dim() != 2 or hand.dim() != 3 or hand.shape[1:] != soft.shape:
+        raise VLPromptError(
+            f"text_to_text_loss needs soft [C, D] and hand [T, C, D], got {tuple(soft.shape)} and {tuple(hand.shape)}"
+        )
+    T, C, _ = hand.shape
+    logits = float(scale) * torch.einsum("id,tjd->tij", soft.float(), hand.float())  # [T, i, j]
+    target = torch.arange(C, device=soft.device).repeat(T)
+    loss = soft.new_zeros((), dtype=torch.float32)
+    if direction in ("soft_as_classifier", "symmetric"):
+        loss = loss + F.cross_entropy(logits.transpose(1, 2).reshape(T * C, C), target)  # rows j, softmax over i
+    if direction in ("handcrafted_as_classifier", "symmetric"):
+        loss = loss + F.cross_entropy(logits.reshape(T * C, C), target)  # rows i, softmax over j
+    return loss
+
+
+def kgcoop_loss(soft: torch.Tensor, hand: torch.Tensor) -> torch.Tensor:
+    """``1 - mean_c cos(soft_c, hand_c)`` for ``[C, D]`` features (normalised here, so any scale works)."""
+    if soft.shape != hand.shape:
+        raise VLPromptError(f"kgcoop_loss needs features of one shape, got {tuple(soft.shape)} and {tuple(hand.shape)}")
+    return 1.0 - F.cosine_similarity(soft.float(), hand.float(), dim=-1).mean()

@@ -1,0 +1,74 @@
+"""Classify image files with a saved prompt: top-k labels and scores."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from vlprompt.backbones.base import Backbone
+from vlprompt.data.images import load_image
+from vlprompt.errors import VLPromptError
+from vlprompt.methods.base import PromptMethod
+from vlprompt.zoo.checkpoint import load_prompt
+
+
+@torch.inference_mode()
+def predict_images(
+    method: PromptMethod, images: Sequence[str | os.PathLike], top_k: int = 5, batch_size: int = 32
+) -> list[dict[str, Any]]:
+    """``[{"image": path, "top": [{"label", "score"}, ...]}, ...]``; scores are softmax probabilities."""
+    if top_k < 1:
+        raise VLPromptError(f"top-k must be at least 1, got {top_k}")
+    backbone = method.backbone
+    k = min(top_k, len(method.classnames))
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(images), batch_size):
+        paths = list(images[start : start + batch_size])
+        pixels = torch.stack([backbone.eval_transform(load_image(p)) for p in paths]).to(backbone.device, backbone.dtype)
+        probs = method({"images": pixels}).float().softmax(dim=-1)
+        scores, indices = probs.topk(k, dim=-1)
+        for path, row_scores, row_indices in zip(paths, scores.tolist(), indices.tolist()):
+            top = [{"label": method.classnames[i], "score": s} for s, i in zip(row_scores, row_indices)]
+            results.append({"image": str(path), "top": top})
+    return results
+
+
+def predict(
+    prompt: str | os.PathLike | PromptMethod,
+    images: Sequence[str | os.PathLike],
+    *,
+    classnames: Sequence[str] | None = None,
+    top_k: int = 5,
+    backbone: Backbone | None = None,
+    device: str = "cpu",
+    batch_size: int = 32,
+) -> list[dict[str, Any]]:
+    """Top-k predictions of a prompt (path, zoo name or loaded method) for image files.
+
+    `classnames` replaces the trained class names where the method allows it (a clear error otherwise).
+    """
+    if not images:
+        raise VLPromptError("no images given")
+    if isinstance(prompt, PromptMethod):
+        method = prompt
+        if classnames is not None and list(classnames) != method.classnames:
+            if not method.class_agnostic:
+                raise VLPromptError(
+                    f"{method.name}: its parameters depend on the training classes; it cannot take new class names"
+                )
+            method.set_classnames(list(classnames))
+    else:
+        method = load_prompt(prompt, backbone, classnames, device=device)
+    return predict_images(method, images, top_k=top_k, batch_size=batch_size)
+
+
+def format_predictions(results: list[dict[str, Any]]) -> str:
+    lines = []
+    for result in results:
+        lines.append(result["image"])
+        width = max(len(t["label"]) for t in result["top"])
+        lines.extend(f"  {t['label']:<{width}}  {t['score']:.4f}" for t in result["top"])
+    return "\n".join(lines)
