@@ -29,7 +29,7 @@ def _leaf(*shape: int, seed: int, std: float = 0.5) -> torch.Tensor:
 def _loss_and_logits(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """CoOp's objective on random image features: 100 * cosine logits, cross-entropy."""
     D = feats.shape[-1]
-    text = F.normalize(feats, dim=-1)
+    text = F.normalize(feats[:, 0] if feats.dim() == 3 and feats.shape[1] == 1 else feats, dim=-1)
     if text.dim() == 2:  # [P, D]: 4 images against all prompts
         images = F.normalize(torch.randn(4, D, generator=_gen(98)).to(text.dtype), dim=-1)
         logits = 100.0 * images @ text.T
@@ -102,6 +102,7 @@ def test_cocoop_per_image_context(any_backbone):
         per_image = ctx.unsqueeze(0) + shift.unsqueeze(1)  # [B, k, W]
         return {"ctx": per_image.unsqueeze(1).expand(3, len(NAMES), 4, W)}  # [B, P, k, W]
 
+    assert asm._plan(vectors()) == (5, True)  # one prefix per image
     feats = _both_paths(asm, vectors, [ctx, shift], "shared")
     assert feats.shape[:2] == (3, len(NAMES))
 
@@ -134,6 +135,33 @@ def test_dfsp_shared_context_then_per_prompt_slots(any_backbone):
 
     assert asm.shared_prefix_plan(**vectors()) == 6
     _both_paths(asm, vectors, [ctx, attr_table, obj_table], "shared")
+
+
+@pytest.mark.parametrize("prefix", ["a photo of", None])
+def test_pairs_through_the_batch_axis_share_one_prefix(any_backbone, prefix):
+    """vlprompt.czsl's layout: one tokenized prompt (P = 1), pairs as the batch of [n, 1, 1, W] slot
+    values. The shared part is encoded once for all pairs, not once per pair."""
+    W = any_backbone.identity.width
+    n = len(ATTRS)
+    table = _leaf(12, W, seed=17)
+    ctx = _leaf(3, W, seed=18)
+    attr_idx, obj_idx = torch.tensor([0, 1, 2, 3, 0, 1]), torch.tensor([6, 7, 6, 9, 10, 11])
+    if prefix is None:
+        asm = PromptAssembler(any_backbone, "{ctx} {attr} {obj}", {}, {"ctx": 3, "attr": 1, "obj": 1})
+        expected, params = 4, [table, ctx]
+    else:
+        asm = PromptAssembler(any_backbone, prefix + " {attr} {obj}", {}, {"attr": 1, "obj": 1})
+        expected, params = 4, [table]
+
+    def vectors():
+        out = {"attr": table[attr_idx][:, None, None, :], "obj": table[obj_idx][:, None, None, :]}
+        if prefix is None:
+            out["ctx"] = ctx
+        return out
+
+    assert asm._plan(vectors()) == (expected, False)  # one prefix for all n pairs
+    feats = _both_paths(asm, vectors, params, "shared")
+    assert feats.shape[:2] == (n, 1)
 
 
 def test_text_only_prompts_and_a_shared_context_given_per_prompt(any_backbone):

@@ -189,13 +189,27 @@ def run_experiment(
         "seconds": round(time.perf_counter() - started, 3),
     }
     if method.trainable_state():
-        result["prompt"] = str(save_prompt(out_dir / "prompt", method, extra={"result": _prompt_summary(result)}))
+        training_summary = {
+            "dataset": dataset.name,
+            "protocol": config.protocol.name,
+            "shots": config.protocol.shots,
+            "seed": config.protocol.seed,
+            "num_train_items": len(train),
+            "split_file_sha256": _split_file_hash(out_dir, dataset.name, config),
+        }
+        result["prompt"] = str(save_prompt(out_dir / "prompt", method, training=training_summary, metrics=metrics))
     write_json(out_dir / "experiment.json", result)
     return result
 
 
-def _prompt_summary(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: result[k] for k in ("dataset", "protocol", "metrics", "num_train_items")}
+def _split_file_hash(out_dir: Path, dataset: str, config: ExperimentConfig) -> str | None:
+    """sha256 of the few-shot split file the run trained on (None when it used the full split)."""
+    import hashlib
+
+    from vlprompt.data.fewshot import split_file_path
+
+    path = split_file_path(out_dir / "splits", dataset, config.protocol.shots, config.protocol.seed, "train")
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def write_json(path: str | Path, payload: Any) -> None:

@@ -157,6 +157,9 @@ class _SlotPrompt(nn.Module):
         else:
             template, learned = prefix + " {attr} {obj}", {"attr": 1, "obj": 1}
         self.assembler = PromptAssembler(backbone, template, {}, learned)
+        # pairs ride the batch axis (one prompt per "image"): a shared prefix would be re-run per pair
+        # anyway, so take the plain path
+        self.assembler.use_shared_prefix = False
         self.has_ctx = prefix is None
 
     def encode(self, attr_vecs: torch.Tensor, obj_vecs: torch.Tensor, ctx: torch.Tensor | None = None) -> torch.Tensor:

@@ -17,8 +17,8 @@ import torch
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.methods.base import register_method
+from vlprompt.methods.coop import _LAYOUTS, CoOp, CoOpConfig, context_slots
 from vlprompt.methods.lasp import resolve_templates
-from vlprompt.methods.coop import CoOp, CoOpConfig, _LAYOUTS, context_slots
 from vlprompt.methods.text_losses import kgcoop_loss
 from vlprompt.prompts.assembler import PromptAssembler
 from vlprompt.prompts.templates import prompt_classname

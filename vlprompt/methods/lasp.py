@@ -86,8 +86,7 @@ def read_virtual_classes(spec: Any) -> list[str]:
         path = Path(spec).expanduser()
         if not path.is_file():
             raise VLPromptError(
-                f"lasp: virtual_classes {spec!r} is not a file; give a list of class names or a text file "
-                "with one name a line"
+                f"lasp: virtual_classes {spec!r} is not a file; give a list of class names or a text file with one name a line"
             )
         lines = path.read_text(encoding="utf-8").splitlines()
         return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
@@ -295,10 +294,7 @@ class LASP(PromptMethod):
         if noise:
             hand = hand + cfg.noise_std * torch.randn_like(hand)  # not re-normalised, as the official code
         scale = self.backbone.logit_scale.detach().float()
-        losses = [
-            text_to_text_loss(loss_feats[g], hand[idx], scale, cfg.direction)
-            for g, idx in enumerate(self.group_templates)
-        ]
+        losses = [text_to_text_loss(loss_feats[g], hand[idx], scale, cfg.direction) for g, idx in enumerate(self.group_templates)]
         return torch.stack(losses).mean()
 
     def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

@@ -236,76 +236,94 @@ class PromptAssembler(nn.Module):
         return batch
 
     @staticmethod
-    def _same_for_all_prompts(value: torch.Tensor) -> bool:
-        """A slot value that every prompt shares *as a tensor* (not merely equal values): ``[k, W]``,
-        or a ``[P, k, W]`` / ``[B, P, k, W]`` expanded along P. Equal but separate per-prompt values get
-        per-prompt gradients, which one shared prefix cannot give."""
-        if value.dim() == 2:
-            return True
-        dim = value.dim() - 3
-        return value.shape[dim] == 1 or value.stride(dim) == 0
+    def _shared_value(value: torch.Tensor, across_images: bool) -> bool:
+        """A slot value that every prompt (of an image, or of every image) shares *as a tensor*, not
+        merely in value: ``[k, W]``, or ``[P, k, W]`` / ``[B, P, k, W]`` expanded (or of size 1) along P
+        (and along B for ``across_images``). Equal but separate per-prompt values need per-prompt
+        gradients, which one shared prefix cannot give."""
+        dims = {2: [], 3: [0], 4: [0, 1] if across_images else [1]}[value.dim()]
+        return all(value.shape[d] == 1 or value.stride(d) == 0 for d in dims)
 
-    def shared_prefix_plan(self, **vectors: torch.Tensor) -> int | None:
-        """How many leading positions `encode` computes once (per image when batched), or None when it
-        takes the plain path: switched off, a tower where reuse is not exact, or a prefix shorter than
-        `min_shared_prefix` (the class token at the front, per-prompt context at the start...)."""
-        self._check_vectors(vectors)
+    def _plan(self, vectors: Mapping[str, torch.Tensor]) -> tuple[int, bool] | None:
+        """(prefix length S, one prefix per image?) for the shared path, or None for the plain path."""
+        batch = self._check_vectors(vectors)
         backbone = self.backbone
         if not (self.use_shared_prefix and getattr(backbone, "shared_prefix", False)):
             return None
         unsupported = getattr(backbone, "shared_prefix_unsupported", None)
         if unsupported is None or unsupported() is not None:
             return None
-        S = min(self.shared_prefix_length, self._min_eot)
-        for name, value in vectors.items():
-            first, last = self._slot_span[name]
-            if first < S and (last >= S or not self._same_for_all_prompts(value)):
-                S = first  # per-prompt values (or a slot across the boundary): not shared from here on
-        return S if S >= max(1, self.min_shared_prefix) else None
+        end = self._max_eot + 1
+        n_prompts = self.n_prompts * (batch or 1)
+        options = []
+        for per_image in (False, True) if batch is not None else (False,):
+            S = min(self.shared_prefix_length, self._min_eot)
+            for name, value in vectors.items():
+                first, last = self._slot_span[name]
+                if first < S and (last >= S or not self._shared_value(value, across_images=not per_image)):
+                    S = first  # per-prompt values (or a slot across the boundary): not shared from here on
+            if S >= max(1, self.min_shared_prefix):
+                positions_run = (batch if per_image else 1) * S + n_prompts * (end - S)
+                options.append((positions_run, per_image, S))
+        if not options:
+            return None
+        _, per_image, S = min(options)
+        return S, per_image
+
+    def shared_prefix_plan(self, **vectors: torch.Tensor) -> int | None:
+        """How many leading positions `encode` computes once (once in all, or once per image when
+        batched: whichever runs fewer positions), or None when it takes the plain path: switched off, a
+        tower where reuse is not exact, or a prefix shorter than `min_shared_prefix` (the class token at
+        the front, per-prompt context at the start...)."""
+        plan = self._plan(vectors)
+        return None if plan is None else plan[0]
 
     def _assemble_split(
-        self, vectors: Mapping[str, torch.Tensor], S: int, batch: int | None
+        self, vectors: Mapping[str, torch.Tensor], S: int, batch: int | None, per_image: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prefix [G, S, W] and suffixes [G, P, T, W] (G = batch or 1), T up to the last EOT."""
+        """Prefix [G, S, W] and suffixes [G, N, T, W], T up to the last EOT: G = B and N = P with one
+        prefix per image, else G = 1 and N = B * P (or P)."""
         P, L, W = self.base_embeds.shape
-        G = batch or 1
+        B = batch or 1
+        G = B if per_image else 1
         end = self._max_eot + 1
         dtype = next(iter(vectors.values())).dtype if vectors else self.base_embeds.dtype
         prefix = self.base_embeds[0, :S].to(dtype).expand(G, S, W)
-        suffix = self.base_embeds[:, S:end].to(dtype).expand(G, P, end - S, W)
+        suffix = self.base_embeds[:, S:end].to(dtype).expand(B, P, end - S, W)
         for name, value in vectors.items():
             k = self.learned_lengths[name]
             value = value.to(dtype)
             if self._slot_span[name][0] < S:  # shared: the first prompt's value is everyone's
                 if value.dim() == 4:
-                    value = value[:, 0]
+                    value = value[:, 0] if per_image else value[0, 0]
                 elif value.dim() == 3:
                     value = value[0]
                 index = self.positions(name)[0].view(1, k, 1).expand(G, k, W)
                 prefix = prefix.scatter(1, index, value.expand(G, k, W))
             else:
-                if value.dim() == 2:
-                    value = value.expand(P, k, W)
-                value = value.expand(G, P, k, W)
-                index = (self.positions(name) - S).view(1, P, k, 1).expand(G, P, k, W)
+                value = value.expand(B, P, k, W)
+                index = (self.positions(name) - S).view(1, P, k, 1).expand(B, P, k, W)
                 suffix = suffix.scatter(2, index, value)
-        return prefix, suffix
+        return prefix, suffix.reshape(G, B * P // G, end - S, W)
 
     def encode(self, **vectors: torch.Tensor) -> torch.Tensor:
         """Text features ``[P, D]`` (or ``[B, P, D]``) of the filled prompts, not normalised.
 
         In a causal tower the positions every prompt shares ([SOS] + shared context...) are encoded once
-        (per image when batched) and only the class-dependent suffixes run through the tower; the result
-        equals the plain path. `shared_prefix_plan` tells which path a call takes; set
-        ``use_shared_prefix = False`` (or ``backbone.shared_prefix = False``) to force the plain path.
+        (per image when the context depends on the image) and only the class-dependent suffixes run
+        through the tower; the result equals the plain path. `shared_prefix_plan` tells which path a call
+        takes; set ``use_shared_prefix = False`` (or ``backbone.shared_prefix = False``) to force the
+        plain path.
         """
-        S = self.shared_prefix_plan(**vectors)
-        if S is not None:
+        plan = self._plan(vectors)
+        if plan is not None:
+            S, per_image = plan
             batch = self._check_vectors(vectors)
-            prefix, suffix = self._assemble_split(vectors, S, batch)
+            prefix, suffix = self._assemble_split(vectors, S, batch, per_image)
             self.path_counts["shared"] += 1
-            feats = self.backbone.encode_text_embeds_shared(prefix, suffix, self.eot_index)
-            return feats if batch is not None else feats[0]
+            eot = self.eot_index if per_image or batch is None else self.eot_index.repeat(batch)
+            feats = self.backbone.encode_text_embeds_shared(prefix, suffix, eot)
+            return feats.reshape(batch, self.n_prompts, -1) if batch is not None else feats[0]
         self.path_counts["plain"] += 1
         embeds = self.assemble(**vectors)
         if embeds.dim() == 4:

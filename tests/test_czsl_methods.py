@@ -1,0 +1,118 @@
+"""Pair methods (zero-shot, CoOp prefix, CSP, DFSP): prompts, decomposition, fusion, training, eval."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vlprompt.cli import main
+from vlprompt.czsl.data import CZSLDataset
+from vlprompt.czsl.evaluate import EvalOptions, evaluate_phase, image_features, stream_scores
+from vlprompt.czsl.methods import DFSP, build_czsl_method, group_mean, image_token_count, mean_token_embeddings
+from vlprompt.czsl.metrics import dense_metrics
+from vlprompt.czsl.synthetic import write_miniature
+from vlprompt.czsl.train import run_czsl
+from vlprompt.engine.cache import FeatureCache
+
+ATTRS, OBJS = ["red", "wet", "old"], ["apple", "car"]
+PAIRS = torch.tensor([[0, 0], [1, 1], [2, 0]])
+
+
+def test_group_mean_vectorised_and_nan_free():
+    values = torch.arange(12.0).view(4, 3)
+    groups = torch.tensor([0, 2, 0, 2])
+    out = group_mean(values, groups, 4, empty=-7.0)
+    assert torch.equal(out[0], (values[0] + values[2]) / 2) and torch.equal(out[2], (values[1] + values[3]) / 2)
+    assert (out[1] == -7).all() and (out[3] == -7).all() and not out.isnan().any()
+    cols = group_mean(values.t(), groups, 4, dim=1)  # along another axis
+    assert torch.equal(cols.t()[0], out[0]) and (cols[:, 1] == 0).all()
+
+
+def test_zero_shot_and_csp_prompts_match_the_text_tower(tiny_vit):
+    zs = build_czsl_method("zero-shot", tiny_vit, ATTRS, OBJS, PAIRS)
+    ref = tiny_vit.encode_text(["a photo of red apple", "a photo of wet car", "a photo of old apple"])
+    assert torch.allclose(zs.pair_text_features(PAIRS), ref, atol=1e-5)
+    csp = build_czsl_method("csp", tiny_vit, ATTRS, OBJS, PAIRS).eval()
+    # single-token words: CSP's mean-BPE init is the word's embedding, so the prompt equals the text
+    assert torch.allclose(csp.pair_text_features(PAIRS), ref, atol=1e-5)
+    vocab = mean_token_embeddings(tiny_vit, ["Faux.Fur"])
+    ids = tiny_vit.tokenize(["faux fur"])[0]
+    emb = tiny_vit.embed_tokens(ids[None])[0, 1 : int(tiny_vit.eot_index(ids[None])[0])]
+    assert torch.allclose(vocab[0], emb.mean(0), atol=1e-6)
+    assert [n for n, p in csp.named_parameters() if p.requires_grad] == ["vocab"]
+    coop = build_czsl_method("coop", tiny_vit, ATTRS, OBJS, PAIRS).eval()
+    assert [n for n, p in coop.named_parameters() if p.requires_grad] == ["ctx"]
+    assert torch.allclose(coop.pair_text_features(PAIRS), ref, atol=1e-5)  # ctx starts at "a photo of"
+
+
+def test_dfsp_forward_loss_and_missing_primitive(tiny_vit):
+    torch.manual_seed(0)
+    dfsp: DFSP = build_czsl_method("dfsp", tiny_vit, ATTRS, OBJS, PAIRS)
+    n_tokens, width = image_token_count(tiny_vit)
+    assert dfsp.fusion.n_tokens == n_tokens + 1 and dfsp.fusion.txt2img_2.in_features == len(ATTRS) + len(OBJS)
+    # the current pairs leave attribute "wet" and object "car" without a pair: no NaN anywhere
+    dfsp.set_pairs(torch.tensor([[0, 0], [2, 0]]))
+    images = torch.randn(3, 3, *tiny_vit.image_size)
+    batch = {"images": images, "labels": torch.tensor([0, 1, 0])}
+    logits = dfsp(batch)
+    assert logits.shape == (3, 2) and torch.isfinite(logits).all()
+    assert (dfsp._aux["attr"][:, 1] == dfsp.config.empty_logit).all()
+    loss, stats = dfsp.loss(logits, batch)
+    assert torch.isfinite(loss)
+    expected = stats["ce_pair"] + 0.01 * stats["ce_prim"] + 0.1 * stats["ce_sp"]
+    assert stats["loss"] == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    for name in ("ctx", "vocab", "fusion.txt2img_2.weight", "fusion.out.weight"):
+        grad = dict(dfsp.named_parameters())[name].grad
+        assert grad is not None and torch.isfinite(grad).all(), name
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    return write_miniature(tmp_path_factory.mktemp("czsl") / "mit", "mit-states")
+
+
+@pytest.mark.parametrize("name", ["csp", "dfsp"])
+def test_streamed_evaluation_equals_dense_protocol(tiny_vit, mini, name, tmp_path):
+    torch.manual_seed(0)
+    ds = CZSLDataset.load(mini)
+    method = build_czsl_method(name, tiny_vit, ds.attrs, ds.objs, ds.train_pair_index).eval()
+    options = EvalOptions(pair_chunk=5, k=3)
+    cache = FeatureCache(tmp_path / "cache")
+    result = evaluate_phase(method, ds, "test", options, cache=cache)
+    state = method.prepare_eval(ds.all_pair_index)
+    feats = image_features(method, ds.items["test"], state, options, cache)
+    dense = torch.cat([b for _, b in stream_scores(method, state, feats, len(ds.pairs), 100)], dim=1)
+    lab = ds.labels("test")
+    ref = dense_metrics(dense, lab["attr"], lab["obj"], lab["pair"], ds.all_pair_index, ds.seen_mask(), ds.closed_mask("test"))
+    for key in ("AUC", "best_hm", "best_seen", "best_unseen", "attr_acc", "obj_acc"):
+        assert result[key] == pytest.approx(ref[key]), key
+
+
+def test_training_with_the_engine_then_open_world(tiny_vit, mini, tmp_path):
+    torch.manual_seed(0)
+    cfg = {"dataset": {"name": "mini", "root": str(mini)}, "method": {"name": "csp"},
+           "train": {"optimizer": "adam", "lr": 1e-2, "epochs": 2, "batch_size": 4, "warmup_epochs": 0,
+                     "device": "cpu", "progress": False},
+           "eval": {"phases": ["test"], "worlds": ["closed", "open"], "feasibility": "backbone", "threshold_trials": 5}}
+    out = run_czsl(cfg, backbone=tiny_vit, cache=FeatureCache(tmp_path / "cache"), output_dir=str(tmp_path / "run"))
+    assert out["train"]["epoch"] == 2 and "loss" in out["train"]
+    assert set(out["results"]) == {"closed/test", "open/val", "open/test"}
+    assert "threshold" in out["results"]["open/test"]
+    assert (tmp_path / "run" / "czsl_results.json").is_file()
+    # the saved prompt evaluates through the CLI
+    code = main(["czsl", "eval", "--root", str(mini), "--prompt", str(tmp_path / "run" / "czsl_prompt.pt"),
+                 "backbone.name=vlprompt-test-vit", "backbone.pretrained=none", "method.name=csp"])
+    assert code == 0
+
+
+def test_dfsp_trains_with_the_engine(tiny_vit, mini, tmp_path):
+    torch.manual_seed(0)
+    cfg = {"dataset": {"name": "mini", "root": str(mini)}, "method": {"name": "dfsp"},
+           "train": {"optimizer": "adam", "lr": 1e-3, "epochs": 1, "batch_size": 6, "warmup_epochs": 0,
+                     "schedule": "step3", "device": "cpu", "progress": False},
+           "eval": {"phases": ["val"], "worlds": ["closed"]}}
+    out = run_czsl(cfg, backbone=tiny_vit, cache=FeatureCache(tmp_path / "cache"))
+    assert torch.isfinite(torch.tensor(out["train"]["loss"]))
+    assert 0 <= out["results"]["closed/val"]["AUC"] <= 100

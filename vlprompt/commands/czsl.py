@@ -1,0 +1,70 @@
+"""`vlprompt czsl eval | train | make-pairs | info`: compositional zero-shot (CZSL) tasks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from vlprompt.cli import COMMANDS
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="CZSL experiment YAML (e.g. czsl/mit-states_csp)")
+    parser.add_argument("--root", default=None, help="dataset folder (overrides dataset.root)")
+    parser.add_argument("--out", default=None, help="write czsl_results.json (and the trained prompt) here")
+    parser.add_argument("--json", action="store_true", help="print the full results as JSON")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value, e.g. method.name=csp eval.worlds=[closed,open]")
+
+
+def _run(args: argparse.Namespace, train: bool) -> None:
+    from vlprompt.czsl.evaluate import format_results
+    from vlprompt.czsl.train import load_czsl_config, run_czsl
+
+    config = load_czsl_config(args.config, args.overrides)
+    out = run_czsl(config, root=args.root, output_dir=args.out, train=train, prompt=getattr(args, "prompt", None))
+    if args.json:
+        print(json.dumps(out, indent=2, default=float))
+    else:
+        print(f"{out['method']} on {out['dataset']}: {out['dataset_summary']}")
+        print(format_results(out["results"]))
+
+
+@COMMANDS.register("czsl")
+def _czsl_command(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("czsl", help="compositional zero-shot: eval | train | make-pairs | info")
+    czsl_sub = parser.add_subparsers(dest="czsl_command", required=True)
+
+    ev = czsl_sub.add_parser("eval", help="evaluate (zero-shot, or a trained prompt with --prompt)")
+    _common(ev)
+    ev.add_argument("--prompt", default=None, help="czsl_prompt.pt written by `vlprompt czsl train --out`")
+    ev.set_defaults(run=lambda args: _run(args, train=False))
+
+    tr = czsl_sub.add_parser("train", help="train on the train pairs, then evaluate")
+    _common(tr)
+    tr.set_defaults(run=lambda args: _run(args, train=True))
+
+    mp = czsl_sub.add_parser("make-pairs", help="regenerate {train,val,test}_pairs.txt from the metadata file")
+    mp.add_argument("root", help="dataset folder holding metadata_<split>.t7")
+    mp.add_argument("--split-dir", default="compositional-split-natural")
+    mp.add_argument("--metadata", default=None, help="metadata file name (default metadata_<split-dir>.t7)")
+    mp.add_argument("--overwrite", action="store_true")
+
+    def make_pairs(args: argparse.Namespace) -> None:
+        from vlprompt.czsl.data import make_pair_files
+
+        counts = make_pair_files(args.root, args.split_dir, args.metadata, args.overwrite)
+        print(f"wrote {args.root}/{args.split_dir}/{{train,val,test}}_pairs.txt: {counts}")
+
+    mp.set_defaults(run=make_pairs)
+
+    info = czsl_sub.add_parser("info", help="counts of attributes, objects, pairs and images")
+    info.add_argument("root")
+    info.add_argument("--split-dir", default="compositional-split-natural")
+    info.add_argument("--open-world", action="store_true")
+
+    def show(args: argparse.Namespace) -> None:
+        from vlprompt.czsl.data import CZSLDataset
+
+        print(json.dumps(CZSLDataset.load(args.root, args.split_dir, args.open_world).summary(), indent=2))
+
+    info.set_defaults(run=show)

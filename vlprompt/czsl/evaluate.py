@@ -1,0 +1,144 @@
+"""Evaluate a pair method on a CZSL phase: text encoded once (in chunks), scores streamed.
+
+Memory stays bounded whatever the number of candidate pairs: the pair text features ``[P, D]`` are
+the only per-pair tensor; scores exist one ``[n, chunk]`` block at a time and are reduced to a
+`ScoreSummary` (``O(n K)``). The open world's feasibility-threshold search (50 thresholds on the
+validation set) runs all thresholds in the same single pass over the scores.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from vlprompt.czsl.data import CZSLDataset
+from vlprompt.czsl.metrics import (
+    ScoreAccumulator,
+    apply_feasibility,
+    feasibility_thresholds,
+    summary_metrics,
+)
+from vlprompt.czsl.methods import PairMethod
+from vlprompt.engine.views import SeededImages
+from vlprompt.errors import VLPromptError
+
+
+@dataclass
+class EvalOptions:
+    batch_size: int = 128  # images per batch
+    pair_chunk: int = 16384  # pair columns per score block
+    k: int = 8  # non-seen candidates kept per image (float32 rounding ties after a bias)
+    num_workers: int = 0
+    threshold_trials: int = 50  # open world: thresholds tried on val
+    legacy_feasibility: bool = False  # multiply-by-mask (published CSP/DFSP) instead of -inf
+
+
+def _no_seed(index: int) -> int:
+    return 0
+
+
+@torch.no_grad()
+def image_features(method: PairMethod, items: Sequence, state: dict[str, Any], options: EvalOptions,
+                   cache=None) -> torch.Tensor:
+    """``[n, D]`` normalised image features as the method scores them."""
+    backbone = method.backbone
+    if not method.needs_images:
+        if cache is not None:
+            feats = cache.get(backbone, items, backbone.eval_transform, views=1)[0]
+        else:
+            from vlprompt.engine.features import extract_image_features
+
+            feats = extract_image_features(backbone, items, backbone.eval_transform, batch_size=options.batch_size,
+                                           num_workers=options.num_workers, progress=False)
+        return feats.to(method.pair_index.device).float()
+    loader = DataLoader(SeededImages(items, backbone.eval_transform, _no_seed), batch_size=options.batch_size,
+                        num_workers=options.num_workers)
+    out = []
+    for images, _, _ in loader:
+        out.append(method.eval_image_features({"images": images.to(backbone.device)}, state).float())
+    if not out:
+        return torch.empty(0, backbone.identity.embed_dim)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def stream_scores(method: PairMethod, state: dict[str, Any], images: torch.Tensor, n_pairs: int, chunk: int):
+    """Yield ``(column slice, scores [n, chunk])`` over all pair columns."""
+    scale = method.backbone.logit_scale.float()
+    for start in range(0, n_pairs, chunk):
+        cols = slice(start, min(start + chunk, n_pairs))
+        text = method.eval_text_features(state, cols).float().to(images.device)
+        yield cols, (scale * images @ text.t()).cpu()
+
+
+@torch.no_grad()
+def evaluate_phase(method: PairMethod, dataset: CZSLDataset, phase: str, options: EvalOptions | None = None,
+                   feasibility: torch.Tensor | None = None, threshold: float | None = None, cache=None,
+                   search_threshold: bool = False) -> dict[str, Any]:
+    """CZSL metrics of `method` on `phase` (``val`` / ``test``).
+
+    Open world with `feasibility` ``[P]``: `threshold` masks infeasible pairs; with
+    ``search_threshold=True`` all thresholds of the grid are scored in one pass and the one with the
+    best AUC is returned (``result["threshold"]``, CSP's rule: strictly better AUC, start -10).
+    """
+    options = options or EvalOptions()
+    items = dataset.items[phase]
+    if not items:
+        raise VLPromptError(f"{dataset.name}: no {phase} images")
+    started = time.perf_counter()
+    was_training = method.training
+    method.eval()
+    labels = dataset.labels(phase)
+    pairs = dataset.all_pair_index
+    seen, closed = dataset.seen_mask(), dataset.closed_mask(phase)
+    state = method.prepare_eval(pairs)
+    feats = image_features(method, items, state, options, cache)
+    if feasibility is not None and search_threshold:
+        thresholds = feasibility_thresholds(feasibility, seen, options.threshold_trials)
+    elif feasibility is not None:
+        if threshold is None:
+            raise VLPromptError("open-world evaluation with feasibility scores needs a threshold (or a search on val)")
+        thresholds = np.array([threshold])
+    else:
+        thresholds = None
+    n_acc = 1 if thresholds is None else len(thresholds)
+    accs = [ScoreAccumulator(labels["pair"], seen, closed, options.k) for _ in range(n_acc)]
+    for cols, block in stream_scores(method, state, feats, len(pairs), options.pair_chunk):
+        for i, acc in enumerate(accs):
+            scores = block if thresholds is None else apply_feasibility(
+                block, feasibility, seen, float(thresholds[i]), options.legacy_feasibility, cols)
+            acc.add_columns(scores)
+    results = [summary_metrics(acc.summary(), labels["attr"], labels["obj"], labels["pair"], pairs, seen)
+               for acc in accs]
+    if thresholds is not None and search_threshold:
+        best_auc, best_i = 0.0, None
+        for i, r in enumerate(results):
+            if r["AUC"] > best_auc:
+                best_auc, best_i = r["AUC"], i
+        result = dict(results[best_i]) if best_i is not None else dict(results[0])
+        result["threshold"] = float(thresholds[best_i]) if best_i is not None else -10.0
+    else:
+        result = dict(results[0])
+        if thresholds is not None:
+            result["threshold"] = float(thresholds[0])
+    method.train(was_training)
+    result.update({"phase": phase, "open_world": dataset.open_world, "n_pairs": len(pairs),
+                   "n_candidates": int(closed.sum()), "n_images": len(items),
+                   "seconds": time.perf_counter() - started})
+    return result
+
+
+def format_results(results: dict[str, dict[str, Any]]) -> str:
+    """A small table: rows = names, columns = S / U / HM / AUC / attr / obj."""
+    cols = [("best_seen", "S"), ("best_unseen", "U"), ("best_hm", "HM"), ("AUC", "AUC"), ("attr_acc", "attr"),
+            ("obj_acc", "obj")]
+    lines = ["{:<24}".format("") + "".join(f"{c:>8}" for _, c in cols)]
+    for name, r in results.items():
+        lines.append(f"{name:<24}" + "".join(f"{r.get(k, float('nan')):8.2f}" for k, _ in cols))
+    return "\n".join(lines)
