@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from vlprompt.cli import main
 from vlprompt.czsl.data import CZSLDataset

@@ -29,7 +29,8 @@ def both(scores, gt, seen=SEEN, closed=None, pairs=PAIRS):
     for key, value in d.items():
         other = s[key]
         if isinstance(value, list):
-            assert len(value) == len(other) and all(a == b or (math.isnan(a) and math.isnan(b)) for a, b in zip(value, other)), key
+            same = [a == b or (math.isnan(a) and math.isnan(b)) for a, b in zip(value, other)]
+            assert len(value) == len(other) and all(same), key
         else:
             assert value == other or (math.isnan(value) and math.isnan(other)), key
     return d

@@ -130,5 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run as the registry-holding module, not a second copy of it
+    from vlprompt.cli import main as _main
+
+    sys.exit(_main())

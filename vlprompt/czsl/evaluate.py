@@ -18,13 +18,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from vlprompt.czsl.data import CZSLDataset
+from vlprompt.czsl.methods import PairMethod
 from vlprompt.czsl.metrics import (
     ScoreAccumulator,
     apply_feasibility,
     feasibility_thresholds,
     summary_metrics,
 )
-from vlprompt.czsl.methods import PairMethod
 from vlprompt.engine.views import SeededImages
 from vlprompt.errors import VLPromptError
 

@@ -56,7 +56,8 @@ def _mean(match: torch.Tensor) -> float:
 
 # -- the reference, ported over a dense score matrix ----------------------------------------------
 
-def _predict_dense(scores: torch.Tensor, seen_mask: torch.Tensor, closed_mask: torch.Tensor, bias: float | torch.Tensor) -> torch.Tensor:
+def _predict_dense(scores: torch.Tensor, seen_mask: torch.Tensor, closed_mask: torch.Tensor,
+                   bias: float | torch.Tensor) -> torch.Tensor:
     s = scores.clone()
     s[:, ~seen_mask] += bias
     s[:, ~closed_mask] = CLOSED_FILL
@@ -243,7 +244,8 @@ def _predict_summary(s: ScoreSummary, biases: torch.Tensor) -> tuple[torch.Tenso
     best = uv.max(dim=2, keepdim=True).values
     tie = (uv == best) & valid
     big = torch.iinfo(torch.long).max
-    u_idx = torch.where(tie, s.unseen_index.unsqueeze(0).expand_as(uv), torch.full_like(uv, big, dtype=torch.long)).min(dim=2).values
+    candidates = torch.where(tie, s.unseen_index.unsqueeze(0).expand_as(uv), torch.full_like(uv, big, dtype=torch.long))
+    u_idx = candidates.min(dim=2).values
     u_best = best.squeeze(2)
     has_u = u_idx != big
     ambiguous = tie[..., -1] & (s.unseen_index[:, -1] >= 0).unsqueeze(0) & (s.k > 1)
@@ -277,7 +279,10 @@ def summary_metrics(s: ScoreSummary, attr_gt: torch.Tensor, obj_gt: torch.Tensor
     diff = (max_seen - correct)[match_b[~seen_img]] - 1e-4
     biaslist = torch.sort(diff)[0]
     biaslist = biaslist[:: max(len(biaslist) // MAGIC_BINSIZE, 1)]
-    preds, amb = _predict_summary(s, biaslist) if len(biaslist) else (torch.empty(0, len(pair_gt), dtype=torch.long), torch.zeros(0, len(pair_gt), dtype=torch.bool))
+    if len(biaslist):
+        preds, amb = _predict_summary(s, biaslist)
+    else:
+        preds, amb = torch.empty(0, len(pair_gt), dtype=torch.long), torch.zeros(0, len(pair_gt), dtype=torch.bool)
     seen_acc, unseen_acc = [], []
     for pred in preds:
         _, _, m = match_of(pred)

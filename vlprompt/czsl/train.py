@@ -110,7 +110,7 @@ def run_czsl(config: dict[str, Any], root: str | None = None, output_dir: str | 
              cache=None, backbone=None, prompt: str | None = None) -> dict[str, Any]:
     """Train (unless the method has nothing to train or `train` is False) and evaluate."""
     from vlprompt.backbones import create_backbone
-    from vlprompt.engine.trainer import Trainer, TrainConfig, seed_everything
+    from vlprompt.engine.trainer import TrainConfig, Trainer, seed_everything
 
     ds_section = _section(CZSLDatasetSection, config.get("dataset"), "dataset")
     ev = _section(CZSLEvalSection, config.get("eval"), "eval")
