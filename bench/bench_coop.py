@@ -102,12 +102,12 @@ def main(argv: list[str] | None = None) -> dict:
             out.append(torch.randn(3, *size, generator=torch.Generator().manual_seed(10_000 + i)))
         return torch.stack(out).to(device)
 
-    method = build_method("coop", backbone, classnames, {"n_ctx": args.n_ctx, "init_seed": 0})
-    init_ctx = method.ctx.detach().clone()
+    init_ctx = build_method("coop", backbone, classnames, {"n_ctx": args.n_ctx, "init_seed": 0}).ctx.detach().clone()
     cfg = TrainConfig(epochs=1, batch_size=p["batch"], lr=0.002, warmup_epochs=1, warmup_lr=1e-5,
                       precision=p["precision"], device=device, progress=False, seed=1)
-    trainer = Trainer(method, cfg)
-    batches, _ = trainer._batches(0, {"labels": labels})  # the engine's epoch-0 order, shared by both loops
+    # the engine's epoch-0 batch order, shared by all loops
+    order_probe = Trainer(build_method("coop", backbone, classnames, {"n_ctx": 1}), cfg)
+    batches, _ = order_probe._batches(0, {"labels": labels})
 
     # -- the feature cache, built once: timed (and real) on the batches the reference runs; the
     #    other items' features are tiled copies (the text-side cost does not depend on their values)
@@ -119,7 +119,6 @@ def main(argv: list[str] | None = None) -> dict:
     encode_seconds_per_image = (time.perf_counter() - t0) / len(first)
     features = real[torch.arange(n_items) % len(first)].clone()
     features[first] = real
-    trainer.cache = PrecomputedFeatures(features)
 
     # -- reference loop: same init, same batches
     ref_ctx = torch.nn.Parameter(init_ctx.clone().to(device))
@@ -145,44 +144,66 @@ def main(argv: list[str] | None = None) -> dict:
         ref_times.append(time.perf_counter() - t0)
         print(f"reference step {step + 1}/{steps}: {ref_times[-1]:.2f}s loss {ref_losses[-1]:.5f}", flush=True)
     ref_peak = peak_rss_gb() if device == "cpu" else torch.cuda.max_memory_allocated() / 1024**3
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
 
-    # -- vlprompt engine: one epoch on cached features, recording per-step losses
-    step_losses: list[float] = []
-    original_loss = method.loss
+    # -- vlprompt engine: one epoch on cached features, plain text path then shared prefix
+    def run_engine(shared_prefix: bool) -> tuple[float, list[float], float]:
+        backbone.shared_prefix = shared_prefix
+        engine_method = build_method("coop", backbone, classnames, {"n_ctx": args.n_ctx, "init_seed": 0})
+        engine_trainer = Trainer(engine_method, cfg)
+        engine_trainer.cache = PrecomputedFeatures(features)
+        losses: list[float] = []
+        original_loss = engine_method.loss
 
-    def recording_loss(logits, batch):
-        loss, stats = original_loss(logits, batch)
-        step_losses.append(float(loss))
-        return loss, stats
+        def recording_loss(logits, batch):
+            loss, stats = original_loss(logits, batch)
+            losses.append(float(loss.detach()))
+            return loss, stats
 
-    method.loss = recording_loss  # type: ignore[method-assign]
-    t0 = time.perf_counter()
-    trainer.fit(items)
-    ours_epoch = time.perf_counter() - t0
-    ours_peak = peak_rss_gb() if device == "cpu" else torch.cuda.max_memory_allocated() / 1024**3
+        engine_method.loss = recording_loss  # type: ignore[method-assign]
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        engine_trainer.fit(items)
+        seconds = time.perf_counter() - t0
+        peak = peak_rss_gb() if device == "cpu" else torch.cuda.max_memory_allocated() / 1024**3
+        return seconds, losses, peak
 
+    plain_epoch, plain_losses, plain_peak = run_engine(shared_prefix=False)
+    print(f"vlprompt plain epoch: {plain_epoch:.1f}s", flush=True)
+    shared_epoch, shared_losses, shared_peak = run_engine(shared_prefix=True)
+    print(f"vlprompt shared-prefix epoch: {shared_epoch:.1f}s", flush=True)
+
+    steps_n = len(batches)
     ref_step = sum(ref_times) / len(ref_times)
-    ref_epoch = ref_step * len(batches)
-    diffs = [abs(a - b) for a, b in zip(ref_losses, step_losses)]
+    ref_epoch = ref_step * steps_n
+    n = len(ref_losses)
+    diff_plain = max(abs(a - b) for a, b in zip(ref_losses, plain_losses[:n]))
+    diff_shared = max(abs(a - b) for a, b in zip(ref_losses, shared_losses[:n]))
+    diff_epoch = max(abs(a - b) for a, b in zip(plain_losses, shared_losses))
     figures = {
-        "preset": args.preset, **p, "n_ctx": args.n_ctx, "steps_per_epoch": len(batches),
+        "preset": args.preset, **p, "n_ctx": args.n_ctx, "steps_per_epoch": steps_n,
         "reference_step_s": ref_step, "reference_epoch_s": ref_epoch,
-        "vlprompt_step_s": ours_epoch / len(batches), "vlprompt_epoch_s": ours_epoch,
-        "epoch_speedup": ref_epoch / ours_epoch,
+        "plain_step_s": plain_epoch / steps_n, "plain_epoch_s": plain_epoch,
+        "shared_step_s": shared_epoch / steps_n, "shared_epoch_s": shared_epoch,
+        "speedup_plain": ref_epoch / plain_epoch, "speedup_shared": ref_epoch / shared_epoch,
         "feature_cache_build_s": encode_seconds_per_image * n_items,
-        "first_losses_reference": ref_losses, "first_losses_vlprompt": step_losses[: len(ref_losses)],
-        "max_loss_diff": max(diffs),
-        "peak_memory_gb_reference": ref_peak, "peak_memory_gb_vlprompt_cumulative": ours_peak,
+        "first_losses_reference": ref_losses, "first_losses_plain": plain_losses[:n],
+        "first_losses_shared": shared_losses[:n],
+        "max_loss_diff_reference_vs_plain": diff_plain, "max_loss_diff_reference_vs_shared": diff_shared,
+        "max_loss_diff_plain_vs_shared_whole_epoch": diff_epoch,
+        "peak_memory_gb_reference": ref_peak,
+        "peak_memory_gb_plain_cumulative": plain_peak, "peak_memory_gb_shared_cumulative": shared_peak,
+        "memory_note": "CPU peaks are process-wide maxima (ru_maxrss), so later columns include earlier ones",
     }
     print()
-    print(f"{'':<28}{'reference':>12}{'vlprompt':>12}")
-    print(f"{'step time (s)':<28}{ref_step:>12.3f}{ours_epoch / len(batches):>12.3f}")
-    print(f"{'epoch time (s)':<28}{ref_epoch:>12.1f}{ours_epoch:>12.1f}")
-    print(f"epoch speed-up: {figures['epoch_speedup']:.1f}x  (feature cache built once: "
-          f"{figures['feature_cache_build_s']:.0f}s, reused by every later epoch and run)")
-    print(f"first {len(diffs)} step losses agree to {max(diffs):.2e}")
+    print(f"{'':<22}{'reference':>12}{'plain':>12}{'shared':>12}")
+    print(f"{'step time (s)':<22}{ref_step:>12.3f}{plain_epoch / steps_n:>12.3f}{shared_epoch / steps_n:>12.3f}")
+    print(f"{'epoch time (s)':<22}{ref_epoch:>12.1f}{plain_epoch:>12.1f}{shared_epoch:>12.1f}")
+    print(f"{'speed-up':<22}{1.0:>12.1f}{ref_epoch / plain_epoch:>12.1f}{ref_epoch / shared_epoch:>12.1f}")
+    print(f"{'peak memory (GB)':<22}{ref_peak:>12.2f}{plain_peak:>12.2f}{shared_peak:>12.2f}")
+    print(f"feature cache built once: {figures['feature_cache_build_s']:.0f}s, reused by every later epoch and run")
+    print(f"first {n} step losses vs reference: plain {diff_plain:.1e}, shared {diff_shared:.1e}; "
+          f"plain vs shared over the epoch: {diff_epoch:.1e}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return figures
