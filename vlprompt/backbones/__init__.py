@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vlprompt.backbones import open_clip_backbone, world  # noqa: F401  (fill the registries)
+from vlprompt.backbones import custom_text, hf_backbone, open_clip_backbone, openai_checkpoint, world  # noqa: F401  (fill the registries)  # noqa: F401,I001  (more sources)
 from vlprompt.backbones.base import Backbone, BackboneIdentity
 from vlprompt.backbones.registry import BACKBONE_SOURCES, PRETRAINED_RESOLVERS
 from vlprompt.backbones.world import WORLD_ARCH, WORLD_TAG

@@ -131,3 +131,30 @@ def load_dataset(name: str, root: str | Path | None = None, verify: bool = False
     if not root:
         raise VLPromptError(f"no data root for dataset {name!r}: pass root=... or set ${DATA_ENV}")
     return DATASETS.get(name)(Path(root), verify)
+
+
+# -- ImageNet and its variants (vlprompt/data/imagenet.py) --------------------------------------
+
+
+@DATASET_FORMATS.register("imagenet")
+def _read_imagenet(config: DatasetConfig, folder: Path, verify: bool) -> ClassificationDataset:
+    from vlprompt.data.imagenet import read_imagenet
+
+    classnames = folder / _require(config, "classnames_file")
+    return read_imagenet(folder / config.image_dir, classnames, config.name, config.template, subset=False)
+
+
+@DATASET_FORMATS.register("imagenet_subset")
+def _read_imagenet_subset(config: DatasetConfig, folder: Path, verify: bool) -> ClassificationDataset:
+    from vlprompt.data.imagenet import read_imagenet
+
+    classnames = folder / _require(config, "classnames_file")
+    return read_imagenet(folder / config.image_dir, classnames, config.name, config.template, subset=True)
+
+
+@DATASET_FORMATS.register("imagenetv2")
+def _read_imagenet_v2(config: DatasetConfig, folder: Path, verify: bool) -> ClassificationDataset:
+    from vlprompt.data.imagenet import read_imagenet_v2
+
+    classnames = folder / _require(config, "classnames_file")
+    return read_imagenet_v2(folder / config.image_dir, classnames, config.name, config.template)

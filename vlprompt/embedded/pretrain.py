@@ -43,10 +43,10 @@ EVAL_SEED = 12345
 class PretrainConfig:
     """Hyperparameters of the world-CLIP recipe (the defaults produce the bundled weights)."""
 
-    steps: int = 600
+    steps: int = 1500
     batch_size: int = 64
-    batch_colours: int = 3
-    lr: float = 1e-3
+    batch_colours: int = 5
+    lr: float = 2e-3
     weight_decay: float = 0.05
     warmup: int = 40
     seed: int = RECIPE_SEED

@@ -1,0 +1,111 @@
+"""`vlprompt datasets list` and `vlprompt datasets check NAME --root DIR`: is a user's copy complete?"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vlprompt.cli import COMMANDS
+from vlprompt.errors import VLPromptError
+
+SHOW = 5  # how many missing / corrupt files a report names
+
+
+def _expected_paths(config, folder: Path) -> list[Path]:
+    """The files and folders a dataset's YAML names (split patterns expanded)."""
+    paths = [folder / config.image_dir]
+    if config.split_file:
+        if "{split}" in config.split_file:
+            paths += [folder / config.split_file.replace("{split}", s) for s in ("train", "val", "test")]
+        else:
+            paths.append(folder / config.split_file)
+    if config.classnames_file:
+        paths.append(folder / config.classnames_file)
+    return paths
+
+
+def check_dataset(name: str, root: str | Path, decode: bool = False) -> list[str]:
+    """Problems with the copy of `name` under `root` (empty: complete). Never raises for data problems."""
+    from vlprompt.data.images import load_image
+    from vlprompt.data.registry import get_dataset_config, load_dataset
+
+    config = get_dataset_config(name)
+    root = Path(root).expanduser()
+    folder = root / config.folder
+    if not folder.is_dir():
+        prepare = (config.prepare or "").replace("<root>", str(root))
+        return [f"folder {folder} does not exist" + (f" ({prepare})" if prepare else "")]
+    problems = [f"missing: {p}" for p in _expected_paths(config, folder) if not p.exists()]
+    if problems:
+        return problems
+    try:
+        dataset = load_dataset(name, root, verify=False)
+    except VLPromptError as error:
+        return [str(error)]
+    items = {item.path: item for split in dataset.splits.values() for item in split}
+    missing = [path for path in items if not path.is_file()]
+    if missing:
+        problems.append(
+            f"{len(missing)} of {len(items)} listed images are missing, e.g. "
+            + ", ".join(str(p) for p in missing[:SHOW])
+        )
+    if decode:
+        corrupt = []
+        for path in items:
+            if path.is_file():
+                try:
+                    load_image(path)
+                except VLPromptError as error:
+                    corrupt.append(str(error))
+        if corrupt:
+            problems.append(f"{len(corrupt)} images cannot be decoded: " + "; ".join(corrupt[:SHOW]))
+    return problems
+
+
+def summary(name: str, root: str | Path) -> str:
+    from vlprompt.data.registry import load_dataset
+
+    dataset = load_dataset(name, root)
+    sizes = ", ".join(f"{split} {len(items)}" for split, items in dataset.splits.items())
+    return f"{name}: OK, {dataset.num_classes} classes, {sizes}"
+
+
+@COMMANDS.register("datasets")
+def _datasets_command(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("datasets", help="list registered datasets, or check a copy on disk")
+    actions = parser.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="registered dataset names").set_defaults(run=_list)
+    check = actions.add_parser("check", help="verify a dataset copy and say what is missing")
+    check.add_argument("name", nargs="+", help="registered dataset name(s)")
+    check.add_argument("--root", default=None, help="data root (default: $VLPROMPT_DATA)")
+    check.add_argument("--decode", action="store_true", help="also decode every image (slow on big datasets)")
+    check.set_defaults(run=_check)
+
+
+def _list(args: argparse.Namespace) -> None:
+    from vlprompt.data.registry import dataset_names, get_dataset_config
+
+    for name in dataset_names():
+        print(f"{name:24s} {get_dataset_config(name).format}")
+
+
+def _check(args: argparse.Namespace) -> None:
+    import os
+
+    from vlprompt.data.registry import DATA_ENV
+
+    root = args.root or os.environ.get(DATA_ENV)
+    if not root:
+        raise VLPromptError(f"no data root: pass --root DIR or set ${DATA_ENV}")
+    failed = []
+    for name in args.name:
+        problems = check_dataset(name, root, decode=args.decode)
+        if problems:
+            failed.append(name)
+            print(f"{name}: INCOMPLETE")
+            for problem in problems:
+                print(f"  - {problem}")
+        else:
+            print(summary(name, root))
+    if failed:
+        raise VLPromptError(f"{len(failed)} dataset(s) incomplete: {', '.join(failed)} (details above)")
