@@ -288,3 +288,33 @@ def test_autocast_paths_keep_fp32_master_weights(tiny_vit, data, tmp_path, monke
     assert method.text.dtype == torch.float32 and not torch.equal(method.text, before)
     payload = load_checkpoint(tmp_path / "run" / "last.pt")
     assert (payload["scaler"] is not None) == (name == "fp16")
+
+
+class GroupedToy(ToyMethod):
+    """Two parameter groups, the second at a tenth of the learning rate (as LASP's LayerNorms)."""
+
+    def __init__(self, backbone, classnames):
+        super().__init__(backbone, classnames)
+        self.bias = nn.Parameter(torch.zeros(backbone.identity.embed_dim))
+
+    def param_groups(self, lr):
+        return [{"params": [self.text]}, {"params": [self.bias], "lr_scale": 0.1}]
+
+
+def test_method_param_groups_keep_their_lr_scale(tiny_vit, data, tmp_path):
+    method = GroupedToy(tiny_vit, CLASSES)
+    trainer = Trainer(method, config(tmp_path, epochs=2, output_dir=None), cache=data["cache"])
+    seen = []
+    original = torch.optim.SGD.step
+
+    def spy(self, *args, **kwargs):
+        seen.append([group["lr"] for group in self.param_groups])
+        return original(self, *args, **kwargs)
+
+    torch.optim.SGD.step = spy
+    try:
+        trainer.fit(data["train"])
+    finally:
+        torch.optim.SGD.step = original
+    assert seen[0] == pytest.approx([0.05, 0.005])  # warm-up lr, and a tenth of it
+    assert seen[-1][1] == pytest.approx(seen[-1][0] * 0.1)

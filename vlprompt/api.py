@@ -183,6 +183,9 @@ def run_experiment(
         "protocol": asdict(config.protocol),
         "metrics": metrics,
         "train_classnames": classnames,
+        # every class name the training loss saw (LASP's text loss may add virtual classes)
+        "loss_classnames": list(getattr(method, "text_loss_classnames", classnames)),
+        "virtual_classnames": list(getattr(method, "virtual_classnames", [])),
         "num_train_items": len(train),
         "training": {k: v for k, v in training.items() if k not in ("config", "backbone")},
         "config": config.to_dict(),
@@ -195,6 +198,7 @@ def run_experiment(
             "shots": config.protocol.shots,
             "seed": config.protocol.seed,
             "num_train_items": len(train),
+            "loss_classnames": result["loss_classnames"],
             "split_file_sha256": _split_file_hash(out_dir, dataset.name, config),
         }
         result["prompt"] = str(save_prompt(out_dir / "prompt", method, training=training_summary, metrics=metrics))

@@ -73,6 +73,6 @@ class LRSchedule:
     def apply(self, optimizer: torch.optim.Optimizer, epoch: float) -> float:
         """Set every param group's lr for `epoch`; returns it."""
         lr = self.lr_at(epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        for group in optimizer.param_groups:  # a group may run at a fixed fraction (e.g. LASP's LayerNorms)
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr

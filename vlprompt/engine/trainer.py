@@ -165,7 +165,9 @@ class Trainer:
 
         method = self.method
         params = self._trainable_parameters()
-        optimizer = build_optimizer(cfg.optimizer, params, cfg.lr, cfg.momentum, cfg.weight_decay)
+        # A method may split its parameters into groups with their own lr_scale (param_groups(lr)).
+        groups = method.param_groups(cfg.lr) if hasattr(method, "param_groups") else params
+        optimizer = build_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum, cfg.weight_decay)
         schedule = LRSchedule(cfg.lr, cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr, cfg.schedule)
         precision = resolve_precision(cfg.precision, self.device)
         scaler = precision.scaler()

@@ -13,6 +13,7 @@ from vlprompt.backbones.base import Backbone
 from vlprompt.methods.base import MethodConfig, PromptMethod, register_method
 from vlprompt.prompts.assembler import PromptAssembler
 from vlprompt.prompts.context import initial_context
+from vlprompt.prompts.templates import prompt_classname
 
 
 @dataclass
@@ -40,7 +41,8 @@ class CoCoOp(PromptMethod):
         self.set_classnames(classnames)
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
-        self.prompts = PromptAssembler(self.backbone, "{ctx} {class}.", {"class": list(classnames)}, {"ctx": self.ctx.shape[0]})
+        names = [prompt_classname(name) for name in classnames]
+        self.prompts = PromptAssembler(self.backbone, "{ctx} {class}.", {"class": names}, {"ctx": self.ctx.shape[0]})
         self.classnames = list(classnames)
 
     def class_features(self) -> None:

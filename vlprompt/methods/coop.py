@@ -14,6 +14,7 @@ from vlprompt.errors import VLPromptError
 from vlprompt.methods.base import MethodConfig, PromptMethod, register_method
 from vlprompt.prompts.assembler import PromptAssembler
 from vlprompt.prompts.context import initial_context
+from vlprompt.prompts.templates import prompt_classname
 
 _LAYOUTS = {
     "end": "{ctx} {class}.",
@@ -62,7 +63,10 @@ class CoOp(PromptMethod):
     def _build_prompts(self, classnames: Sequence[str]) -> None:
         template = _LAYOUTS[self.config.class_position]
         self.prompts = PromptAssembler(
-            self.backbone, template, {"class": list(classnames)}, context_slots(self.n_ctx, self.config.class_position)
+            self.backbone,
+            template,
+            {"class": [prompt_classname(name) for name in classnames]},
+            context_slots(self.n_ctx, self.config.class_position),
         )
         self.classnames = list(classnames)
 
