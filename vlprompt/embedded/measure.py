@@ -60,12 +60,18 @@ def czsl_zero_shot(model: torch.nn.Module, folder: Path, split: str = "test") ->
     index = {p: i for i, p in enumerate(pairs)}
     meta = torch.load(folder / f"metadata_{CZSL_SPLIT}.t7", weights_only=True)
     items = [m for m in meta if m["set"] == split]
-    return _accuracy(model, [folder / "images" / m["image"] for m in items],
-                     [index[(m["attr"], m["obj"])] for m in items], [f"{a} {o}" for a, o in pairs])
+    return _accuracy(
+        model,
+        [folder / "images" / m["image"] for m in items],
+        [index[(m["attr"], m["obj"])] for m in items],
+        [f"{a} {o}" for a, o in pairs],
+    )
 
 
 def measure_world_zero_shot(folders: dict[str, Path], model: torch.nn.Module | None = None) -> dict[str, float]:
     """Zero-shot test accuracy per exported dataset."""
     model = model or load_world_clip()
-    return {name: (czsl_zero_shot if name == "world_czsl" else classification_zero_shot)(model, folder)
-            for name, folder in folders.items()}
+    return {
+        name: (czsl_zero_shot if name == "world_czsl" else classification_zero_shot)(model, folder)
+        for name, folder in folders.items()
+    }

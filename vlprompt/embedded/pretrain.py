@@ -1,7 +1,9 @@
 """Recipe: contrastively pretrain the tiny `vlprompt-tiny` CLIP on the embedded world, on CPU.
 
 The recipe (all deterministic from `RECIPE_SEED`):
-- batches are rendered on the fly (`PRETRAIN_STYLE`), one random caption per scene;
+- batches of 64 are rendered on the fly (`PRETRAIN_STYLE`), one random caption per scene, each
+  batch drawing from only 5 of the 10 colours (otherwise the model settles on colour alone and
+  never learns shapes);
 - CLIP loss with a learnable logit scale, where a caption that truthfully describes another image
   in the batch (e.g. "a photo of a red star." for two red stars) counts as a positive for it too;
 - AdamW, linear warmup then cosine decay;
@@ -142,9 +144,7 @@ def contrastive_loss(
     return 0.5 * (loss_i + loss_t)
 
 
-def train_world_clip(
-    cfg: PretrainConfig = PretrainConfig(), progress: bool = True, log_every: int = 0
-) -> nn.Module:
+def train_world_clip(cfg: PretrainConfig = PretrainConfig(), progress: bool = True, log_every: int = 0) -> nn.Module:
     """Run the recipe and return the trained model (eval mode, unused token rows zeroed)."""
     old_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
@@ -226,8 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     model = train_world_clip(cfg, log_every=args.log_every)
     seconds = time.time() - t0
     acc = evaluate_pretraining_zero_shot(model)
-    save_compact_weights(model.state_dict(), args.out, metadata={**{k: str(v) for k, v in asdict(cfg).items()},
-                                                                 "zero_shot_100way": f"{acc:.4f}"})
+    save_compact_weights(
+        model.state_dict(), args.out, metadata={**{k: str(v) for k, v in asdict(cfg).items()}, "zero_shot_100way": f"{acc:.4f}"}
+    )
     print(f"trained in {seconds:.0f}s; zero-shot 100-way top-1 {acc:.3f}; wrote {args.out}")
 
 

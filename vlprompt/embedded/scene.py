@@ -138,6 +138,7 @@ def sample_scene(
     size: str | None = None,
 ) -> Scene:
     """Draw one scene from `style`; fixed attributes (for class-balanced datasets) are kept."""
+    fixed_texture = texture is not None
     shape = shape or SHAPES[rng.integers(len(SHAPES))]
     colour = colour or COLOUR_NAMES[rng.integers(len(COLOUR_NAMES))]
     if texture is None:
@@ -151,8 +152,9 @@ def sample_scene(
     lo, hi = style.small_radius if size == "small" else style.large_radius
     radius = float(rng.uniform(lo, hi))
     outline = bool(rng.random() < style.outline_prob)
-    main = _instance(rng, style, shape, _jitter_rgb(rng, COLOURS[colour], style.colour_jitter),
-                     radius, texture, outline)
+    if outline and not fixed_texture:
+        texture = "solid"  # a textured thin outline reads as dashes, not as a pattern
+    main = _instance(rng, style, shape, _jitter_rgb(rng, COLOURS[colour], style.colour_jitter), radius, texture, outline)
     distractors = []
     for _ in range(int(rng.integers(style.distractors[0], style.distractors[1] + 1))):
         d_shape = SHAPES[rng.integers(len(SHAPES))]

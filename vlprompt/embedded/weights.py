@@ -8,6 +8,7 @@ and caching the result atomically.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -21,8 +22,7 @@ _EMBED = "token_embedding.weight"
 _ROWS, _IDS, _SHAPE = "token_embedding.rows", "token_embedding.ids", "token_embedding.shape"
 
 
-def save_compact_weights(state_dict: dict[str, torch.Tensor], path: str | Path,
-                         metadata: dict[str, str] | None = None) -> None:
+def save_compact_weights(state_dict: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """Write fp16 weights with only the non-zero token-embedding rows (atomic)."""
     embed = state_dict[_EMBED]
     ids = torch.nonzero(embed.abs().sum(1)).flatten()
@@ -32,6 +32,7 @@ def save_compact_weights(state_dict: dict[str, torch.Tensor], path: str | Path,
     tensors[_SHAPE] = torch.tensor(list(embed.shape), dtype=torch.int64)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata or {})
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; weights are meant to be shared
 
 
 def load_compact_weights(path: str | Path) -> dict[str, torch.Tensor]:
