@@ -23,11 +23,11 @@ from PIL import Image
 
 from vlprompt.embedded.render import render_scene
 from vlprompt.embedded.scene import sample_scene
-from vlprompt.embedded.styles import DATASET_STYLES
+from vlprompt.embedded.styles import DATASET_STYLES, DATASET_TINTS, apply_tint
 from vlprompt.embedded.vocab import COLOUR_NAMES, SHAPES
 
 MARKER = ".vlprompt-complete.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: small-shape and colour-cast shifts
 CZSL_SPLIT = "compositional-split-natural"
 
 
@@ -76,7 +76,7 @@ def _write_classification(folder: Path, name: str, rng: np.random.Generator) -> 
             for i in range(count):
                 rel = f"{spec.folder}/{split_name}_{i:03d}.png"
                 scene = sample_scene(rng, style, **spec.fixed)
-                _save_png(render_scene(scene, rng), folder / "images" / rel)
+                _save_png(apply_tint(render_scene(scene, rng), DATASET_TINTS[name]), folder / "images" / rel)
                 split[split_name].append([rel, label, spec.name])
     (folder / f"split_{name}.json").write_text(json.dumps(split, indent=1))
 
@@ -110,7 +110,7 @@ def _write_czsl(folder: Path, name: str, rng: np.random.Generator) -> None:
             for i in range(CZSL_IMAGES_PER_PAIR[split_name]):
                 rel = f"{attr}_{obj}/{split_name}_{i:03d}.png"
                 scene = sample_scene(rng, style, colour=attr, shape=obj)
-                _save_png(render_scene(scene, rng), folder / "images" / rel)
+                _save_png(apply_tint(render_scene(scene, rng), DATASET_TINTS[name]), folder / "images" / rel)
                 metadata.append({"image": rel, "attr": attr, "obj": obj, "set": split_name})
     torch.save(metadata, folder / f"metadata_{CZSL_SPLIT}.t7")
 
