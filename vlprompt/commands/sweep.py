@@ -28,10 +28,13 @@ def sweep_runner(config: dict[str, Any]):
     backbone_cache: dict[str, Any] = {}
 
     def run_one(spec) -> dict:
+        method = dict(methods[spec.method])
+        train = {**config.get("train", {}), **method.pop("train", {})}  # a method may adjust the schedule
         experiment = ExperimentConfig.from_dict(
             {
                 **config,
-                "method": methods[spec.method],
+                "train": train,
+                "method": method,
                 "dataset": {**config.get("dataset", {}), "name": spec.dataset},
                 "protocol": {"name": spec.protocol, "shots": spec.shots, "seed": spec.seed},
                 "output_dir": str(out_dir / "runs" / spec.method / spec.dataset / f"shots{spec.shots}" / f"seed{spec.seed}"),
