@@ -168,6 +168,20 @@ def _identity(model: CLIP, name: str, pretrained: str | None, weights_hash: str 
     )
 
 
+def _create_unloaded(name: str, device: str) -> CLIP:
+    """The architecture with fresh weights; open_clip's "initialized randomly" warning is muted
+    because vlprompt loads the weights itself right after (or was asked for random ones)."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        return open_clip.create_model(name, pretrained=None, device=device)
+    finally:
+        root.setLevel(level)
+
+
 @BACKBONE_SOURCES.register("open_clip")
 def create_open_clip_backbone(name: str, pretrained: str | None = None, device: str = "cpu") -> OpenClipBackbone:
     """Build from an architecture name and a weight source.
@@ -179,15 +193,15 @@ def create_open_clip_backbone(name: str, pretrained: str | None = None, device: 
     _check_architecture(name)
     weights_hash: str | None = None
     if pretrained is None:
-        model = open_clip.create_model(name, pretrained=None, device=device)
+        model = _create_unloaded(name, device)
     elif (name, pretrained) in PRETRAINED_RESOLVERS:
-        model = open_clip.create_model(name, pretrained=None, device=device)
+        model = _create_unloaded(name, device)
         state, weights_hash = PRETRAINED_RESOLVERS.get((name, pretrained))()
         load_into(model, state, f"weights {name}/{pretrained}", name)
     elif os.sep in pretrained or Path(pretrained).suffix in (".safetensors", ".pt", ".pth", ".bin", ".ckpt"):
         path = Path(pretrained).expanduser()
         state = read_state_dict(path)
-        model = open_clip.create_model(name, pretrained=None, device=device)
+        model = _create_unloaded(name, device)
         load_into(model, state, f"checkpoint {path}", name)
         weights_hash = file_sha256(path)
         pretrained = str(path)
