@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from vlprompt.backbones.base import Backbone, BackboneIdentity
-from vlprompt.backbones.open_clip_backbone import _check_architecture
+from vlprompt.backbones.open_clip_backbone import TextTowerParts, _check_architecture, run_text_tower
 from vlprompt.backbones.registry import BACKBONE_SOURCES
 from vlprompt.backbones.weights import file_sha256, load_into, read_state_dict
 from vlprompt.errors import VLPromptError
@@ -95,21 +95,10 @@ class CustomTextClipBackbone(Backbone):
         self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True
     ) -> torch.Tensor:
         text = self.text
-        cast = text.transformer.get_cast_dtype()
-        length = embeds.shape[1]
-        if truncate and self.causal and text.pool_type in ("argmax", "eos"):
-            length = int(eot_index.max()) + 1
-        x = embeds[:, :length].to(self.device, cast) + text.positional_embedding[:length].to(cast)
-        mask = text.attn_mask[:length, :length] if text.attn_mask is not None else None
-        x = text.ln_final(text.transformer(x, attn_mask=mask))
-        if text.pool_type == "last":
-            x = x[:, -1]
-        else:
-            x = x[torch.arange(x.shape[0], device=x.device), eot_index.to(x.device)]
-        projection = text.text_projection
-        if projection is None:
-            return x
-        return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+        tower = TextTowerParts(
+            text.transformer, text.positional_embedding, text.attn_mask, text.ln_final, text.text_projection, text.pool_type
+        )
+        return run_text_tower(tower, embeds, eot_index, truncate and self.causal)
 
     def shared_prefix_unsupported(self) -> str | None:
         return "CustomTextCLIP towers have no shared-prefix encoding in vlprompt (whole prompts are encoded)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
@@ -18,6 +19,43 @@ from vlprompt.backbones.shared_prefix import shared_prefix_forward, unsupported_
 from vlprompt.backbones.weights import file_sha256, load_into, read_state_dict
 from vlprompt.errors import VLPromptError
 from vlprompt.registry import unknown_name_message
+
+
+@dataclass(frozen=True)
+class TextTowerParts:
+    """The pieces of an open_clip text transformer, wherever they hang (CLIP or TextTransformer)."""
+
+    transformer: torch.nn.Module
+    positional_embedding: torch.Tensor
+    attn_mask: torch.Tensor | None
+    ln_final: torch.nn.Module
+    projection: torch.nn.Module | torch.Tensor | None
+    pool_type: str
+
+
+def run_text_tower(
+    tower: TextTowerParts, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool
+) -> torch.Tensor:
+    """Token embeddings -> positional embedding, mask, blocks, final norm, pooling, projection.
+
+    With `truncate` (causal towers pooling at the EOT) the sequence is cut after the longest EOT:
+    later positions never reach the pooled token through a causal mask, so the output is identical.
+    """
+    cast = tower.transformer.get_cast_dtype()
+    length = embeds.shape[1]
+    if truncate and tower.pool_type in ("argmax", "eos"):
+        length = int(eot_index.max()) + 1
+    x = embeds[:, :length].to(tower.positional_embedding.device, cast) + tower.positional_embedding[:length].to(cast)
+    mask = tower.attn_mask[:length, :length] if tower.attn_mask is not None else None
+    x = tower.ln_final(tower.transformer(x, attn_mask=mask))
+    if tower.pool_type == "last":
+        x = x[:, -1]
+    else:
+        x = x[torch.arange(x.shape[0], device=x.device), eot_index.to(x.device)]
+    projection = tower.projection
+    if projection is None:
+        return x
+    return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
 
 
 class OpenClipBackbone(Backbone):
@@ -67,20 +105,11 @@ class OpenClipBackbone(Backbone):
         self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True
     ) -> torch.Tensor:
         model = self.model
-        cast = model.transformer.get_cast_dtype()
-        length = embeds.shape[1]
-        if truncate and self.causal and model.text_pool_type in ("argmax", "eos"):
-            # Positions after the EOT never reach the pooled token through a causal mask.
-            length = int(eot_index.max()) + 1
-        x = embeds[:, :length].to(cast) + model.positional_embedding[:length].to(cast)
-        mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
-        x = model.transformer(x, attn_mask=mask)
-        x = model.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), eot_index.to(x.device)]
-        projection = model.text_projection
-        if projection is None:
-            return x
-        return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+        tower = TextTowerParts(
+            model.transformer, model.positional_embedding, model.attn_mask, model.ln_final,
+            model.text_projection, model.text_pool_type,
+        )
+        return run_text_tower(tower, embeds, eot_index, truncate and self.causal)
 
     def shared_prefix_unsupported(self) -> str | None:
         if self._shared_prefix_static is None:
