@@ -91,3 +91,14 @@ def test_config_errors_name_the_key(tiny_vit, colour_folder, tmp_path):
         api.run_experiment(bad_protocol, backbone=tiny_vit)
     with pytest.raises(VLPromptError, match="Did you mean 'protocol'"):
         ExperimentConfig.load(None, ["protocl.shots=3"])
+
+
+def test_virtual_classes_new_are_the_new_half_and_recorded(tiny_vit, colour_folder, tmp_path):
+    method = {"name": "lasp", "n_ctx": 2, "templates": ["a photo of a {}."], "virtual_classes": "new"}
+    config = _config(colour_folder, tmp_path / "lv", method, {"name": "base-to-new", "shots": 2}, epochs=1)
+    result = api.run_experiment(config, backbone=tiny_vit)
+    assert result["virtual_classnames"] == ["red", "yellow"]
+    assert result["loss_classnames"] == ["blue", "green", "red", "yellow"]
+    bad = _config(colour_folder, tmp_path / "lv2", method, {"shots": 2}, epochs=1)
+    with pytest.raises(VLPromptError, match="needs protocol base-to-new"):
+        api.run_experiment(bad, backbone=tiny_vit)

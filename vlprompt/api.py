@@ -152,6 +152,10 @@ def run_experiment(
     classnames, train, val, evals = _protocol_items(config, dataset, out_dir)
 
     train_cfg = TrainConfig.from_dict({"seed": config.protocol.seed, "output_dir": str(out_dir), **config.train})
+    if method_cfg.get("virtual_classes") == "new":  # LASP-V: the new half's names, no images, text loss only
+        if "new" not in evals:
+            raise VLPromptError("method.virtual_classes: new needs protocol base-to-new (it names the new classes)")
+        method_cfg["virtual_classes"] = list(evals["new"][0])
     seed_everything(train_cfg.seed)
     method = build_method(method_name, backbone, classnames, method_cfg)
     cache = FeatureCache(num_workers=train_cfg.num_workers, progress=train_cfg.progress)
