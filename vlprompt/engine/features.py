@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
+import queue
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.data.classification import ImageItems, Item
 from vlprompt.prompts.templates import fill_templates
+
+
+def _to_tensor_types() -> tuple[type, ...]:
+    from torchvision import transforms as T
+
+    types: list[type] = [T.ToTensor]
+    try:
+        from open_clip.transform import MaybeToTensor
+
+        types.append(MaybeToTensor)
+    except ImportError:  # pragma: no cover - open_clip is a dependency
+        pass
+    return tuple(types)
+
+
+_TO_TENSOR_TYPES = _to_tensor_types()
 
 
 def show_progress(progress: bool) -> bool:
@@ -40,28 +60,177 @@ def extract_image_features(
     return features.clone()
 
 
+def resolve_num_workers(num_workers: int | None, device: torch.device | str) -> int:
+    """DataLoader worker processes for a streamed pass (None: automatic).
+
+    On CUDA the encoder is fast, so decoding gets worker processes (up to 8, leaving a core to
+    the main process). On the CPU the cores are the encoder's: no worker processes; decoding
+    overlaps encoding in a background thread instead (see `prefetch`).
+    """
+    if num_workers is not None:
+        return max(0, int(num_workers))
+    if torch.device(device).type == "cuda":
+        import os
+
+        return max(0, min(8, (os.cpu_count() or 1) - 1))
+    return 0
+
+
+def prepare_images(backbone: Backbone, images: torch.Tensor) -> torch.Tensor:
+    """A batch on the backbone's device, laid out for its encoder (channels-last on CUDA)."""
+    images = images.to(backbone.device, non_blocking=True)
+    if images.device.type == "cuda" and images.dim() == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images
+
+
+class _Uint8Head:
+    """The per-image part of a transform that ends in ToTensor + Normalize: PIL steps, then the
+    pixels as a uint8 CHW tensor (or, for images ToTensor would not read as 8-bit, its float
+    output). `finish_batch` does ToTensor's scaling and Normalize on the whole batch at once:
+    the same elementwise operations, so the result is bit-identical to the per-image transform.
+    """
+
+    def __init__(self, steps: Sequence[Callable], to_tensor: Callable) -> None:
+        self.steps = list(steps)
+        self.to_tensor = to_tensor
+
+    def __call__(self, image):
+        for step in self.steps:
+            image = step(image)
+        if isinstance(image, Image.Image) and image.mode in ("RGB", "L", "RGBA", "CMYK", "P"):
+            pixels = torch.from_numpy(np.array(image, np.uint8, copy=True))
+            pixels = pixels.view(image.size[1], image.size[0], len(image.getbands()))
+            return pixels.permute(2, 0, 1).contiguous()
+        return self.to_tensor(image)
+
+
+def split_transform(transform: Callable) -> tuple[Callable, Callable[[torch.Tensor], torch.Tensor]] | None:
+    """(per-image part, batch part) of a Compose ending in ToTensor, Normalize; None otherwise."""
+    from torchvision import transforms as T
+
+    steps = getattr(transform, "transforms", None)
+    if not isinstance(transform, T.Compose) or not steps or len(steps) < 2:
+        return None
+    to_tensor, normalize = steps[-2], steps[-1]
+    if type(to_tensor) not in _TO_TENSOR_TYPES or type(normalize) is not T.Normalize or normalize.inplace:
+        return None
+    mean, std = normalize.mean, normalize.std
+
+    def finish_batch(images: torch.Tensor) -> torch.Tensor:
+        if images.dtype == torch.uint8:
+            images = images.to(torch.get_default_dtype()).div(255)
+        m = torch.as_tensor(mean, dtype=images.dtype, device=images.device)
+        s = torch.as_tensor(std, dtype=images.dtype, device=images.device)
+        if (s == 0).any():
+            raise ValueError(f"std evaluated to zero after conversion to {images.dtype}, leading to division by zero.")
+        if m.ndim == 1:
+            m = m.view(-1, 1, 1)
+        if s.ndim == 1:
+            s = s.view(-1, 1, 1)
+        return images.sub(m).div_(s)
+
+    return _Uint8Head(steps[:-2], to_tensor), finish_batch
+
+
+def _collate_uint8(batch):
+    """Stack a batch made by `_Uint8Head`; mixed uint8/float images are scaled like ToTensor."""
+    images = [image for image, _, _ in batch]
+    if any(image.dtype != torch.uint8 for image in images):
+        images = [image.to(torch.get_default_dtype()).div(255) if image.dtype == torch.uint8 else image
+                  for image in images]
+    labels = torch.tensor([label for _, label, _ in batch])
+    index = torch.tensor([i for _, _, i in batch])
+    return torch.stack(images), labels, index
+
+
+class _Raised:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_DONE = object()
+
+
+def prefetch(iterable: Iterable, depth: int = 2) -> Iterator:
+    """Iterate `iterable` in a background thread, `depth` items ahead of the consumer.
+
+    Image decoding (PIL) and tensor transforms release the GIL, so the next batches are made
+    while the caller encodes the current one. Errors are re-raised in the caller, unchanged;
+    if the caller stops early the thread is told to stop.
+    """
+    slots: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(value) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(value, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for value in iterable:
+                if not put(value):
+                    return
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            put(_Raised(error))
+            return
+        put(_DONE)
+
+    thread = threading.Thread(target=produce, name="vlprompt-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            value = slots.get()
+            if value is _DONE:
+                return
+            if isinstance(value, _Raised):
+                raise value.error
+            yield value
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _encode_images(
     backbone: Backbone,
     items: Sequence[Item],
     transform: Callable | None,
     batch_size: int,
-    num_workers: int,
+    num_workers: int | None,
     progress: bool,
     source: str | None,
 ) -> torch.Tensor:
     device = backbone.device
+    workers = resolve_num_workers(num_workers, device)
+    transform = transform or backbone.eval_transform
+    split = split_transform(transform)
+    # ToTensor's scaling and Normalize run once per batch (on the device), not once per image
+    head, finish = split if split else (transform, None)
     loader = DataLoader(
-        ImageItems(items, transform or backbone.eval_transform, source),
+        ImageItems(items, head, source),
         batch_size=batch_size,
+        collate_fn=_collate_uint8 if split else None,
         shuffle=False,
-        num_workers=num_workers,
+        num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
+        prefetch_factor=4 if workers else None,
     )
+    # worker processes already run ahead; in-process loading is moved to a thread
+    batches = loader if workers else prefetch(loader, depth=2)
     features = []
-    bar = tqdm(loader, desc="image features", unit="batch", disable=not show_progress(progress), leave=False)
+    bar = tqdm(batches, desc="image features", unit="batch", disable=not show_progress(progress), leave=False,
+               total=len(loader))
     for images, _, _ in bar:
-        encoded = backbone.encode_image(images.to(device, non_blocking=True))
+        images = prepare_images(backbone, images)
+        if finish is not None:
+            images = finish(images)
+        encoded = backbone.encode_image(images)
         features.append(F.normalize(encoded.float(), dim=-1).cpu())
     if not features:
         return torch.empty(0, backbone.identity.embed_dim)

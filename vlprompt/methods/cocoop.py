@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.methods.base import MethodConfig, PromptMethod, register_method
@@ -22,7 +23,9 @@ class CoCoOpConfig(MethodConfig):
     ctx_init: str = "a photo of a"
     init_std: float = 0.02
     init_seed: int | None = None
-    text_chunk: int = 0  # images per text-encoder call (0: whole batch); bounds peak memory
+    # images per text-encoder call (0: whole batch). Bounds peak memory: when training, each chunk is
+    # gradient-checkpointed (its text-tower activations are recomputed in backward, one chunk at a time)
+    text_chunk: int = 0
 
 
 @register_method("cocoop")
@@ -54,12 +57,21 @@ class CoCoOp(PromptMethod):
         ctx = self.ctx.unsqueeze(0) + shift.unsqueeze(1)  # [B, n, W]
         chunk = self.config.text_chunk or ctx.shape[0]
         C = len(self.classnames)
+        # several chunks under autograd: checkpoint each, so only one chunk's activations are alive
+        # at a time in backward too (the recomputation repeats the same operations: same numbers)
+        recompute = chunk < ctx.shape[0] and torch.is_grad_enabled() and ctx.requires_grad
         outs = []
         for start in range(0, ctx.shape[0], chunk):
             part = ctx[start : start + chunk]
-            per_prompt = part.unsqueeze(1).expand(part.shape[0], C, *part.shape[1:])
-            outs.append(self.prompts.encode(ctx=per_prompt))
+            if recompute:
+                outs.append(checkpoint(self._encode_chunk, part, C, use_reentrant=False))
+            else:
+                outs.append(self._encode_chunk(part, C))
         return F.normalize(torch.cat(outs), dim=-1)
+
+    def _encode_chunk(self, part: torch.Tensor, n_classes: int) -> torch.Tensor:
+        per_prompt = part.unsqueeze(1).expand(part.shape[0], n_classes, *part.shape[1:])
+        return self.prompts.encode(ctx=per_prompt)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         image = self.image_features(batch)
