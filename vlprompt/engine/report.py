@@ -161,7 +161,7 @@ def plot_accuracy_vs_shots(rows: Sequence[SummaryRow], path: str | Path, metric:
     fig = Figure(figsize=(4 * ncols, 3.2 * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, dataset in zip(axes, datasets):
-        for method in methods:
+        for index, method in enumerate(methods):  # one colour per method in every panel
             points = sorted((r.shots, r.metrics[metric]) for r in rows if r.dataset == dataset and r.method == method)
             if points:
                 ax.errorbar(
@@ -171,6 +171,7 @@ def plot_accuracy_vs_shots(rows: Sequence[SummaryRow], path: str | Path, metric:
                     marker="o",
                     capsize=3,
                     label=method,
+                    color=f"C{index % 10}",
                 )
         ax.set_xticks(range(len(shots)), [str(k) for k in shots])
         ax.set_title(dataset)
