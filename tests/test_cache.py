@@ -4,30 +4,18 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import pytest
 import torch
+from helpers import colour_items
 from PIL import Image
 
 from vlprompt.backbones import create_backbone
-from vlprompt.data.classification import Item
 from vlprompt.engine.cache import FeatureCache, backbone_key
 from vlprompt.engine.features import extract_image_features
 
 
 def make_items(folder, n_per_class=2, classes=("red", "green", "blue"), size=40):
-    """Tiny PNGs: one dominant colour per class plus noise."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    items = []
-    for label, name in enumerate(classes):
-        for i in range(n_per_class):
-            pixels = rng.integers(0, 60, (size, size, 3))
-            pixels[..., label] += 180
-            path = folder / f"{name}_{i}.png"
-            Image.fromarray(pixels.astype(np.uint8)).save(path)
-            items.append(Item(path, label, name))
-    return items
+    return colour_items(folder, classes, n_per_class, size)
 
 
 class CountingEncoder:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from helpers import colour_items
 from torch import nn
 
 from vlprompt.data.classification import Item
@@ -77,17 +76,7 @@ class NaNAfter(ToyMethod):
 
 
 def make_items(folder, n_per_class=4, size=40, seed=0):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    items = []
-    for label, name in enumerate(CLASSES):
-        for i in range(n_per_class):
-            pixels = rng.integers(0, 60, (size, size, 3))
-            pixels[..., label] += 180
-            path = folder / f"{name}_{i}.png"
-            Image.fromarray(pixels.astype(np.uint8)).save(path)
-            items.append(Item(path, label, name))
-    return items
+    return colour_items(folder, CLASSES, n_per_class, size, seed)
 
 
 @pytest.fixture(scope="module")

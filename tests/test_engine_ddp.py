@@ -8,11 +8,9 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import torch
-from PIL import Image
+from helpers import colour_items
 
-from vlprompt.data.classification import Item
 from vlprompt.engine.cache import FeatureCache
 from vlprompt.engine.trainer import TrainConfig, Trainer
 
@@ -63,17 +61,7 @@ WORKER = textwrap.dedent(
 
 
 def make_items(folder, n_per_class=4, size=40):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    items = []
-    for label, name in enumerate(CLASSES):
-        for i in range(n_per_class):
-            pixels = rng.integers(0, 60, (size, size, 3))
-            pixels[..., label] += 180
-            path = folder / f"{name}_{i}.png"
-            Image.fromarray(pixels.astype(np.uint8)).save(path)
-            items.append(Item(path, label, name))
-    return items
+    return colour_items(folder, CLASSES, n_per_class, size)
 
 
 def test_two_gloo_ranks_match_one_process(tiny_vit, tmp_path):

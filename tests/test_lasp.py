@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import colour_items
 
 from vlprompt.errors import VLPromptError
 from vlprompt.methods import build_method
@@ -339,22 +340,7 @@ def test_lasp35_bank(tiny_vit):
 
 
 def _items(folder, n_per_class=2, size=40):
-    import numpy as np
-    from PIL import Image
-
-    from vlprompt.data.classification import Item
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    items = []
-    for label, name in enumerate(CLASSES):
-        for i in range(n_per_class):
-            pixels = rng.integers(0, 60, (size, size, 3))
-            pixels[..., label] += 180
-            path = folder / f"{name.replace(' ', '_')}_{i}.png"
-            Image.fromarray(pixels.astype(np.uint8)).save(path)
-            items.append(Item(path, label, name))
-    return items
+    return colour_items(folder, CLASSES, n_per_class, size)
 
 
 @pytest.mark.parametrize("image_ln", [False, True])
