@@ -5,7 +5,6 @@ The CLI is a thin layer over these functions.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict
@@ -18,8 +17,9 @@ from vlprompt.backbones import Backbone, create_backbone
 from vlprompt.config import ExperimentConfig
 from vlprompt.data import ClassificationDataset, Item, load_dataset
 from vlprompt.data.registry import DATA_ENV
+from vlprompt.engine.logging import write_json
 from vlprompt.errors import VLPromptError
-from vlprompt.paths import atomic_path, cache_dir
+from vlprompt.paths import cache_dir
 
 WORLD_PREFIX = "world_"
 
@@ -218,11 +218,6 @@ def _split_file_hash(out_dir: Path, dataset: str, config: ExperimentConfig) -> s
 
     path = split_file_path(out_dir / "splits", dataset, config.protocol.shots, config.protocol.seed, "train")
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
-
-
-def write_json(path: str | Path, payload: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, default=str))
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, float]:

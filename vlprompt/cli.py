@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,10 +21,9 @@ def _add_backbone_args(parser: argparse.ArgumentParser) -> None:
 
 def _write_json(payload: object, path: str | None) -> None:
     if path:
-        from vlprompt.paths import atomic_path
+        from vlprompt.engine.logging import write_json
 
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(payload, indent=2))
+        write_json(path, payload)
         print(f"wrote {path}")
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from vlprompt import api
 from vlprompt.config import ExperimentConfig
+from vlprompt.engine.logging import write_json
 
 WORLD_DATASETS = ("world_shapes", "world_textures", "world_colored_shapes")
 DEMO_CONFIG = "experiments/world_coop.yaml"
@@ -75,6 +76,6 @@ def run_demo(data_root: str | None = None, out_dir: Path = Path("runs/demo"), qu
     print(_table(rows))
     total = time.perf_counter() - started
     print(f"\ntotal {total:.1f}s; results in {out_dir}/results.json and results.md")
-    api.write_json(out_dir / "results.json", {"rows": rows, "seconds": total, "quick": quick})
+    write_json(out_dir / "results.json", {"rows": rows, "seconds": total, "quick": quick})
     (out_dir / "results.md").write_text(_markdown(rows))
     return rows

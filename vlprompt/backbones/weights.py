@@ -18,6 +18,15 @@ def file_sha256(path: str | Path, prefix: int = 16) -> str:
     return digest.hexdigest()[:prefix]
 
 
+def state_dict_hash(state: dict[str, torch.Tensor], prefix: int = 16) -> str:
+    """Content hash of a state dict: same numbers -> same hash, wherever they were loaded from."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].detach().cpu().contiguous().float().numpy().tobytes())
+    return digest.hexdigest()[:prefix]
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a state dict from a checkpoint file, unwrapping ``{"state_dict": ...}`` and ``module.``."""
     path = Path(path)

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
 from vlprompt.backbones.registry import PRETRAINED_RESOLVERS
+from vlprompt.backbones.weights import state_dict_hash
 
 WORLD_ARCH = "vlprompt-tiny"
 WORLD_TAG = "world"
-
-
-def state_dict_hash(state: dict[str, torch.Tensor], prefix: int = 16) -> str:
-    """Content hash of a state dict: same numbers -> same hash, wherever they were loaded from."""
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        digest.update(key.encode())
-        digest.update(state[key].detach().cpu().contiguous().float().numpy().tobytes())
-    return digest.hexdigest()[:prefix]
 
 
 @PRETRAINED_RESOLVERS.register(WORLD_ARCH, WORLD_TAG)

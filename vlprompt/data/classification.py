@@ -76,7 +76,8 @@ def verify_images(items: Sequence[Item], source: str) -> None:
         raise VLPromptError(f"image not found: {missing[0]} (listed in {source}){more}")
 
 
-def _parse_entry(entry: object, image_dir: Path, where: str) -> Item:
+def parse_split_entry(entry: object, image_dir: Path, where: str) -> Item:
+    """One ``[relative_path, label, classname]`` entry (CoOp split files and our few-shot files)."""
     if (
         not isinstance(entry, (list, tuple))
         or len(entry) != 3
@@ -115,7 +116,7 @@ def read_coop_split(
         where = f"split file {split_file}, split {split_name!r}"
         if not isinstance(entries, list):
             raise VLPromptError(f"{where}: expected a list of [relative_path, label, classname]")
-        splits[split_name] = [_parse_entry(entry, image_dir, f"{where}, entry {i}") for i, entry in enumerate(entries)]
+        splits[split_name] = [parse_split_entry(entry, image_dir, f"{where}, entry {i}") for i, entry in enumerate(entries)]
     all_items = [item for items in splits.values() for item in items]
     classnames = check_labels([(item.label, item.classname) for item in all_items], f"split file {split_file}")
     if verify:

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from vlprompt.data.classification import ClassificationDataset, Item
+from vlprompt.data.classification import ClassificationDataset, Item, parse_split_entry
 from vlprompt.errors import VLPromptError
 from vlprompt.paths import atomic_path
 
@@ -136,16 +136,7 @@ def read_split_file(path: str | Path, root: str | Path) -> list[Item]:
     path, root = Path(path), Path(root)
     items = []
     for i, entry in enumerate(_load_split_file(path)["items"]):
-        if (
-            not isinstance(entry, list)
-            or len(entry) != 3
-            or not isinstance(entry[0], str)
-            or isinstance(entry[1], bool)
-            or not isinstance(entry[1], int)
-            or not isinstance(entry[2], str)
-        ):
-            raise VLPromptError(f"split file {path}, entry {i}: expected [relative_path, label, classname], got {entry!r:.120}")
-        items.append(Item(root / entry[0], entry[1], entry[2]))
+        items.append(parse_split_entry(entry, root, f"split file {path}, entry {i}"))
     return items
 
 

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from vlprompt.backbones.base import Backbone
+from vlprompt.backbones.weights import state_dict_hash
 from vlprompt.engine.logging import progress_bar
 from vlprompt.engine.views import ItemLike, SeededImages, describe_transform, item_fingerprint, stable_seed
 from vlprompt.errors import VLPromptError
@@ -43,11 +44,7 @@ def backbone_key(backbone: Backbone) -> str:
     key = identity.cache_key()
     if identity.pretrained is None and identity.weights_hash is None:
         if backbone not in _WEIGHT_PRINTS:
-            digest = hashlib.sha256()
-            for name, tensor in sorted(backbone.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-            _WEIGHT_PRINTS[backbone] = digest.hexdigest()[:16]
+            _WEIGHT_PRINTS[backbone] = state_dict_hash(backbone.state_dict())
         key = f"{key}-w{_WEIGHT_PRINTS[backbone]}"
     return key
 

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 import vlprompt
 from vlprompt.backbones.base import Backbone
+from vlprompt.backbones.weights import file_sha256 as weights_file_sha256
 from vlprompt.errors import VLPromptError
 from vlprompt.methods.base import PromptMethod, build_method
 from vlprompt.paths import atomic_path
@@ -57,12 +58,9 @@ def tensors_hash(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+def file_sha256(path: str | os.PathLike) -> str:
+    """Full sha256 hex digest of a file (the zoo verifies whole digests)."""
+    return weights_file_sha256(path, prefix=64)
 
 
 # -- paths --------------------------------------------------------------------------------------
