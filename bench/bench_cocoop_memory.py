@@ -7,6 +7,11 @@ includes allocator slack); CUDA: torch.cuda.max_memory_allocated minus allocated
 Image features are cached (as the engine trains CoCoOp), so a step is the meta-net, B x C prompts
 through the text tower, the loss and the update. Weights are random unless the model has "world".
 
+The reference row (first, per batch size; off with --no-reference) is the original CoCoOp step
+measured in the same run: the image encoder on every step, then each image's C prompts through
+all 77 text positions, looping over the batch. Same initial weights and images, so the first-step
+losses agree; the speed-up (per image) and memory fraction of every vlprompt row are against it.
+
     python bench/bench_cocoop_memory.py                      # ViT-B-16, 37 classes, B=1 and 4 (the issue)
     python bench/bench_cocoop_memory.py --preset tiny        # vlprompt-tiny/world, 100 classes, B=32
     python bench/bench_cocoop_memory.py --preset vitb16-100  # ViT-B-16 text tower, 100 classes, B=4
@@ -36,6 +41,29 @@ def rss_gb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 1024**3
 
 
+def reference_logits(backbone, method, classnames: list[str], images):
+    """The original CoCoOp forward: image encoder every step, then for each image its C prompts
+    through the whole 77-position text tower (no truncation, no shared prefix, no checkpointing)."""
+    import torch
+    import torch.nn.functional as F
+
+    model = backbone.model
+    n_ctx = method.ctx.shape[0]
+    with torch.no_grad():
+        token_ids = backbone.tokenize([" ".join(["X"] * n_ctx) + f" {name}." for name in classnames]).to(images.device)
+        embeds = backbone.embed_tokens(token_ids)
+    prefix, suffix = embeds[:, :1], embeds[:, 1 + n_ctx :]
+    image_features = F.normalize(model.encode_image(images), dim=-1)
+    shifted = method.ctx.unsqueeze(0) + method.meta_net(image_features).unsqueeze(1)  # [B, n_ctx, W]
+    n_cls, rows = len(classnames), []
+    for ctx_i, image_i in zip(shifted, image_features):
+        prompts = torch.cat([prefix, ctx_i.unsqueeze(0).expand(n_cls, -1, -1), suffix], dim=1)
+        x = model.transformer(prompts + model.positional_embedding, attn_mask=model.attn_mask)
+        x = model.ln_final(x)[torch.arange(n_cls), token_ids.argmax(-1)] @ model.text_projection
+        rows.append(model.logit_scale.exp() * image_i @ F.normalize(x, dim=-1).t())
+    return torch.stack(rows)
+
+
 def child(cfg: dict) -> dict:
     import resource
 
@@ -54,13 +82,17 @@ def child(cfg: dict) -> dict:
     method.train()
     params = [p for p in method.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.002, momentum=0.9)
-    B, dim = cfg["batch"], backbone.identity.embed_dim
+    B = cfg["batch"]
     gen = torch.Generator().manual_seed(1)
-    feats = F.normalize(torch.randn(B, dim, generator=gen), dim=-1).to(device)
+    images = torch.randn(B, 3, *backbone.image_size, generator=gen).to(device)
     labels = (torch.arange(B) % cfg["classes"]).to(device)
+    with torch.no_grad():  # vlprompt trains CoCoOp on cached features: encoded once, before timing
+        feats = F.normalize(backbone.encode_image(images).float(), dim=-1)
+    forward = (lambda: reference_logits(backbone, method, classnames, images)) if cfg.get("reference") else (
+        lambda: method({"features": feats}))
 
     def step() -> float:
-        logits = method({"features": feats})
+        logits = forward()
         loss = F.cross_entropy(logits.float(), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -98,6 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--shared-prefix", choices=["on", "off", "both"], default="both")
     parser.add_argument("--steps", type=int, default=3, help="steps per configuration (first one not timed)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-reference", dest="reference", action="store_false",
+                        help="skip the original-CoCoOp reference loop (image encoder + 77 positions, per image)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -107,23 +141,34 @@ def main(argv: list[str] | None = None) -> dict:
     p = PRESETS[args.preset]
     shared = {"on": [True], "off": [False], "both": [False, True]}[args.shared_prefix]
     rows = []
-    header = f"{'B':>3} {'chunk':>5} {'shared':>6} {'step s':>8} {'s/img':>7} {'peak+ GB':>9} {'GB/img':>7}  loss"
+    header = (f"{'B':>3} {'chunk':>5} {'shared':>6} {'step s':>8} {'s/img':>7} {'peak+ GB':>9} {'GB/img':>7}  loss"
+              "       speed-up  memory vs ref")
     print(f"{p['model']} ({p['pretrained'] or 'random'}), {p['classes']} classes, {args.device}")
     print(header, flush=True)
     for batch in args.batches or p["batches"]:
+        configs = [("reference", 0, False)] if args.reference else []
         for chunk in args.chunks if args.chunks is not None else p["chunks"]:
-            if chunk >= batch:
-                continue  # one chunk covers the batch: same as chunk 0
-            for sp in shared:
-                cfg = {"model": p["model"], "pretrained": p["pretrained"], "classes": p["classes"], "batch": batch,
-                       "chunk": chunk, "shared_prefix": sp, "steps": args.steps, "device": args.device}
-                out = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)],
-                                     capture_output=True, text=True, check=True)
-                row = json.loads(out.stdout.strip().splitlines()[-1])
-                rows.append(row)
-                print(f"{batch:>3} {chunk or '-':>5} {'on' if sp else 'off':>6} {row['step_s']:>8.3f} "
-                      f"{row['per_image_s']:>7.3f} {row['peak_growth_gb']:>9.3f} {row['per_image_growth_gb']:>7.3f}  "
-                      f"{row['losses'][0]:.6f}", flush=True)
+            if chunk < batch or chunk == 0:  # a chunk covering the batch is the same as chunk 0
+                configs += [("vlprompt", chunk, sp) for sp in shared]
+        reference = None
+        for kind, chunk, sp in configs:
+            cfg = {"model": p["model"], "pretrained": p["pretrained"], "classes": p["classes"], "batch": batch,
+                   "chunk": chunk, "shared_prefix": sp, "steps": args.steps, "device": args.device,
+                   "reference": kind == "reference"}
+            out = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)],
+                                 capture_output=True, text=True, check=True)
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            reference = row if kind == "reference" else reference
+            ratios = ""
+            if reference is not None and kind != "reference":
+                row["speedup_per_image"] = reference["per_image_s"] / row["per_image_s"]
+                row["memory_fraction"] = row["peak_growth_gb"] / max(reference["peak_growth_gb"], 1e-9)
+                ratios = f"  {row['speedup_per_image']:>6.1f}x  {row['memory_fraction']:>6.3f}"
+            label = "ref" if kind == "reference" else ("on" if sp else "off")
+            print(f"{batch:>3} {chunk or '-':>5} {label:>6} {row['step_s']:>8.3f} {row['per_image_s']:>7.3f} "
+                  f"{row['peak_growth_gb']:>9.3f} {row['per_image_growth_gb']:>7.3f}  {row['losses'][0]:.6f}{ratios}",
+                  flush=True)
     figures = {"preset": args.preset, **p, "device": args.device, "rows": rows,
                "memory_note": "CPU: ru_maxrss minus resident size before the first step, per subprocess"}
     if args.json:

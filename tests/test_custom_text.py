@@ -74,3 +74,17 @@ def test_timm_image_tower_and_checkpoint_round_trip(tmp_path):
 def test_plain_clip_is_pointed_to_the_open_clip_source():
     with pytest.raises(VLPromptError, match="open_clip source"):
         create_backbone("open_clip_custom:vlprompt-test-vit")
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_plain_name_goes_to_the_custom_text_source(name):
+    from vlprompt.backbones.custom_text import CustomTextClipBackbone
+
+    torch.manual_seed(2)
+    plain = create_backbone(name)
+    torch.manual_seed(2)
+    prefixed = create_backbone(f"open_clip_custom:{name}")
+    assert isinstance(plain, CustomTextClipBackbone) and plain.identity == prefixed.identity
+    assert plain.identity.source == "open_clip_custom"
+    ids = plain.tokenize(PROMPTS)
+    assert torch.equal(plain.encode_text(ids), prefixed.encode_text(ids))

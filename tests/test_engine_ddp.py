@@ -51,9 +51,11 @@ WORKER = textwrap.dedent(
     items = [Item(Path(p), label, name) for p, label, name in spec["items"]]
     rank = int(__import__("os").environ["RANK"])
     method = ToyMethod(backbone, spec["classes"], seed=10 + rank)  # DDP must broadcast rank 0's init
-    trainer = Trainer(method, TrainConfig(**spec["config"]), cache=FeatureCache(spec["cache"], progress=False))
+    cache = FeatureCache(spec["cache"], progress=False)
+    trainer = Trainer(method, TrainConfig(**spec["config"]), cache=cache)
     result = trainer.fit(items, items)
-    torch.save({"text": method.text.detach(), "result": result["train"], "val": result["val"]},
+    torch.save({"text": method.text.detach(), "result": result["train"], "val": result["val"],
+                "computed": cache.computed},
                Path(spec["out"]) / f"rank{dist.get_rank()}.pt")
     dist.destroy_process_group()
     """
@@ -91,6 +93,16 @@ def test_two_gloo_ranks_match_one_process(tiny_vit, tmp_path):
     assert same[0] == same[1] and ranks[0]["val"] == ranks[1]["val"]
     assert (tmp_path / "ddp" / "last.pt").is_file() and (tmp_path / "ddp" / "result.json").is_file()
     assert len((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()) == 3  # rank 0 only
+    # The cache was built by both ranks: 2 augmented views + 1 eval view of 12 items, split 18 / 18.
+    assert [r["computed"] for r in ranks] == [18, 18]
+    shards = list((tmp_path / "cache").rglob("*.safetensors"))
+    assert len(shards) == 2  # rank 0 wrote the gathered training views and validation view
+    fresh = FeatureCache(tmp_path / "fresh", progress=False)
+    for transform, views in ((tiny_vit.train_transform, 2), (tiny_vit.eval_transform, 1)):
+        built = FeatureCache(tmp_path / "cache", progress=False)
+        torch.testing.assert_close(built.get(tiny_vit, items, transform, views),
+                                   fresh.get(tiny_vit, items, transform, views), rtol=0, atol=1e-6)
+        assert built.computed == 0  # every entry the ranks built is found by a single process
 
     # The same global batch in one process (tiny_vit is built with the same seed as the workers).
     single_cfg = TrainConfig(**{**cfg, "output_dir": str(tmp_path / "single")})

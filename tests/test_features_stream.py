@@ -68,3 +68,47 @@ def test_missing_image_error_surfaces(tiny_vit, tmp_path):
 
 def test_unknown_transform_is_not_split():
     assert fm.split_transform(lambda image: image) is None
+
+
+def test_plain_pngs_at_model_size_skip_pil_with_equal_features(tiny_vit, tmp_path):
+    """8-bit RGB PNGs at the model's size take the libpng path; other files (grey, RGBA, 16-bit,
+    JPEG, another size) the PIL path; the features equal the plain per-image transform loop."""
+    from vlprompt.data.images import decode_plain_png, load_image
+
+    width, height = tiny_vit.image_size[1], tiny_vit.image_size[0]
+    rng = np.random.default_rng(1)
+    files = {
+        "rgb.png": Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)),
+        "rgb2.png": Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)),
+        "grey.png": Image.fromarray(rng.integers(0, 256, (height, width), dtype=np.uint8), mode="L"),
+        "rgba.png": Image.fromarray(rng.integers(0, 256, (height, width, 4), dtype=np.uint8), mode="RGBA"),
+        "deep.png": Image.fromarray(rng.integers(0, 65535, (height, width), dtype=np.uint16)),
+        "photo.jpg": Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)),
+        "big.png": Image.fromarray(rng.integers(0, 256, (height + 8, width + 8, 3), dtype=np.uint8)),
+    }
+    items = []
+    for i, (name, image) in enumerate(files.items()):
+        image.save(tmp_path / name)
+        items.append(Item(str(tmp_path / name), i % 2, "x"))
+    fast = [decode_plain_png(it.path, (width, height)) is not None for it in items]
+    assert fast == [True, True, False, False, False, False, False]
+    assert torch.equal(decode_plain_png(items[0].path, (width, height)).permute(1, 2, 0),
+                       torch.from_numpy(np.array(load_image(items[0].path))))
+    head, _ = fm.split_transform(tiny_vit.eval_transform)
+    assert head.identity_size == (width, height)
+    with torch.inference_mode():
+        ref = F.normalize(tiny_vit.encode_image(torch.stack(
+            [tiny_vit.eval_transform(load_image(it.path)) for it in items])).float(), dim=-1)
+    assert torch.equal(fm.extract_image_features(tiny_vit, items, batch_size=len(items), progress=False), ref)
+
+
+def test_identity_size_only_for_known_steps(tiny_vit):
+    from torchvision import transforms as T
+
+    assert fm.identity_size([T.Resize(32), T.CenterCrop(32)]) == (32, 32)
+    assert fm.identity_size([T.Resize(32), T.CenterCrop(28)]) is None  # crops: not an identity
+    assert fm.identity_size([T.Resize((32, 40))]) is None
+    assert fm.identity_size([T.Resize(32), T.RandomHorizontalFlip()]) is None
+    assert fm.identity_size([]) is None
+    assert fm.split_transform(tiny_vit.train_transform) is None or fm.split_transform(
+        tiny_vit.train_transform)[0].identity_size is None

@@ -1,13 +1,21 @@
 """open_clip's `CustomTextCLIP` (separate ``model.text`` tower; image tower often timm) behind `Backbone`.
 
-``create_backbone("open_clip_custom:ViT-B-16-SigLIP", "webli")``: architectures such as open_clip's SigLIP,
-timm-image models (ConvNeXt, EVA...) and any config with ``"custom_text": true`` whose text tower is
-open_clip's own `TextTransformer`. Soft prompts run exactly as ``TextTransformer.forward``: positional
-embedding, the tower's causal mask (or none), blocks, final LayerNorm, its pooling (argmax / eos / last /
-first) and projection. Truncation only where exact: causal mask and an EOT-style pooling.
+``create_backbone("ViT-B-16-SigLIP", "webli")`` (any open_clip name that open_clip builds as CustomTextCLIP
+comes here; ``open_clip_custom:`` names this source explicitly). Two kinds of text tower take soft prompts,
+each run exactly as its own forward:
 
-Text towers that are Hugging Face models (`HFTextEncoder`: mean/CLS pooling over a padding mask built from
-the ids), CoCa's appended CLS token and pad-masked bidirectional towers are refused with a clear message.
+- open_clip's `TextTransformer` (SigLIP, ``"custom_text": true`` configs): positional embedding, the tower's
+  causal mask (or none), blocks, final LayerNorm, its pooling (argmax / eos / last / first) and projection.
+  Truncation only where exact: causal mask and an EOT-style pooling.
+- a Hugging Face model in open_clip's `HFTextEncoder` (``text_cfg.hf_model_name``: roberta-, xlm-roberta-,
+  nllb-clip...; encoder-decoder models run their encoder): token embeddings as ``inputs_embeds``, the padding
+  mask open_clip builds from the ids (here: every position up to the last real token, learned ones included),
+  then the encoder's own pooler module (mean_pooler, cls_pooler, cls_last_hidden_state_pooler) and ``proj``
+  (linear / mlp / identity). Bidirectional, so never truncated.
+
+Refused with a one-line reason: CoCa's appended CLS token, pad-masked `TextTransformer` towers, open_clip's
+max_pooler (it fails in open_clip itself), and tokenizers that do not write ``<start> text <end> <pad>...``
+(T5/mT5 write no start token, which prompt assembly needs), so ``mt5-*`` models are refused.
 """
 
 from __future__ import annotations
@@ -16,7 +24,11 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import open_clip
 import torch
+from open_clip.hf_model import ClsLastHiddenStatePooler, ClsPooler, HFTextEncoder, MeanPooler
+from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH
+from open_clip.transformer import TextTransformer
 
 from vlprompt.backbones.base import Backbone, BackboneIdentity
 from vlprompt.backbones.open_clip_backbone import TextTowerParts, _check_architecture, run_text_tower
@@ -25,50 +37,175 @@ from vlprompt.backbones.weights import file_sha256, load_into, read_state_dict
 from vlprompt.errors import VLPromptError
 from vlprompt.registry import unknown_name_message
 
+_EOT_RULES: dict[str, Callable[[torch.Tensor, TextTransformer], torch.Tensor]] = {
+    "argmax": lambda ids, text: ids.argmax(dim=-1),  # CLIP's EOT has the largest id
+    "eos": lambda ids, text: (ids == text.eos_id).int().argmax(dim=-1),
+    "last": lambda ids, text: torch.full((ids.shape[0],), ids.shape[1] - 1, dtype=torch.long, device=ids.device),
+    "first": lambda ids, text: torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device),
+}
+
+# hf_pooler_type -> open_clip pooler class whose output depends only on the padding mask and the hidden states
+EXACT_HF_POOLERS: dict[str, type] = {
+    "mean_pooler": MeanPooler,
+    "cls_pooler": ClsPooler,
+    "cls_last_hidden_state_pooler": ClsLastHiddenStatePooler,
+}
+
+
+class OpenClipTextTower:
+    """open_clip's own `TextTransformer`: soft prompts run as ``TextTransformer.forward``."""
+
+    def __init__(self, text: TextTransformer, name: str) -> None:
+        self.text = text
+        self.causal = text.attn_mask is not None
+        self.context_length = int(text.context_length)
+        self.width = int(text.width)
+        self.embed_dim = int(text.output_dim if text.text_projection is not None else text.width)
+
+    @staticmethod
+    def unsupported(text: TextTransformer) -> str | None:
+        if text.cls_emb is not None:
+            return "text tower appends a CLS embedding (CoCa), not supported for soft prompts"
+        if text.use_pad_mask:
+            return "text tower masks padding from the token ids, not supported for soft prompts"
+        if text.pool_type not in _EOT_RULES:
+            return f"text pooling {text.pool_type!r} is not supported; supported: {', '.join(_EOT_RULES)}"
+        return None
+
+    def tokenizer_problem(self, tokenize: Callable[[Sequence[str]], torch.Tensor]) -> str | None:
+        return None
+
+    def eot_index(self, ids: torch.Tensor) -> torch.Tensor:
+        return _EOT_RULES[self.text.pool_type](ids, self.text)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.text.token_embedding(ids)
+
+    def encode(self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool) -> torch.Tensor:
+        text = self.text
+        tower = TextTowerParts(
+            text.transformer, text.positional_embedding, text.attn_mask, text.ln_final, text.text_projection, text.pool_type
+        )
+        return run_text_tower(tower, embeds, eot_index, truncate and self.causal)
+
+
+class HFTextTower:
+    """A Hugging Face model inside open_clip's `HFTextEncoder`, run as ``HFTextEncoder.forward`` does but from
+    ``inputs_embeds``. Its attention mask, ``ids != pad_token_id``, is rebuilt from `eot_index` (the last real
+    token; ids are right-padded), so learned vectors at placeholder positions count as real tokens."""
+
+    causal = False  # bidirectional: no truncation, no shared prefix
+
+    def __init__(self, text: HFTextEncoder, name: str) -> None:
+        self.text = text
+        self.pad_id = int(text.config.pad_token_id)
+        self.embedding = text.transformer.get_input_embeddings()
+        text_cfg = (open_clip.get_model_config(name) or {}).get("text_cfg", {})
+        self.context_length = int(text_cfg.get("context_length", DEFAULT_CONTEXT_LENGTH))
+        self.width = int(self.embedding.weight.shape[1])
+        self.embed_dim = int(text.output_dim)
+
+    @staticmethod
+    def unsupported(text: HFTextEncoder) -> str | None:
+        pooler = type(text.pooler)
+        if pooler not in EXACT_HF_POOLERS.values():
+            return (
+                f"text pooler {pooler.__name__} is not supported for soft prompts (open_clip's max_pooler fails in "
+                f"open_clip itself); supported hf_pooler_type: {', '.join(EXACT_HF_POOLERS)}"
+            )
+        if not hasattr(text, "proj"):
+            return "text tower has no projection (hf_proj_type is none but the width differs from embed_dim)"
+        if getattr(text.config, "pad_token_id", None) is None:
+            return "Hugging Face text config has no pad_token_id (open_clip builds the attention mask from it)"
+        return None
+
+    def tokenizer_problem(self, tokenize: Callable[[Sequence[str]], torch.Tensor]) -> str | None:
+        """Prompt assembly needs ``<start> text <end>`` followed by this tower's padding."""
+        empty = tokenize([""])
+        try:
+            if int(self.eot_index(empty)[0]) == 1:
+                return None
+        except VLPromptError:
+            pass
+        return (
+            f"its tokenizer writes {empty[0, :4].tolist()}... for the empty text; soft prompts need <start> <end> "
+            f"then padding with the text config's pad_token_id {self.pad_id} (T5/mT5 tokenizers write no start token)"
+        )
+
+    def eot_index(self, ids: torch.Tensor) -> torch.Tensor:
+        real = ids != self.pad_id
+        last = ids.shape[1] - 1 - real.flip(-1).int().argmax(dim=-1)
+        inside = torch.arange(ids.shape[1], device=ids.device)[None] <= last[:, None]
+        if bool((inside & ~real).any()):
+            raise VLPromptError(
+                f"token ids hold padding ({self.pad_id}) before their last real token; this Hugging Face text tower "
+                "takes right-padded ids only"
+            )
+        return last.long()
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embedding(ids)
+
+    def encode(self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool) -> torch.Tensor:
+        text = self.text
+        embeds = embeds.to(self.embedding.weight.device, self.embedding.weight.dtype)
+        positions = torch.arange(embeds.shape[1], device=embeds.device)
+        mask = (positions[None] <= eot_index.to(embeds.device)[:, None]).long()
+        out = text.transformer(inputs_embeds=embeds, attention_mask=mask)
+        return text.proj(text.pooler(out, mask))
+
+
+TEXT_TOWERS: dict[type, type] = {TextTransformer: OpenClipTextTower, HFTextEncoder: HFTextTower}
+
+
+def _tower_class(text: torch.nn.Module) -> type | None:
+    return next((tower for cls, tower in TEXT_TOWERS.items() if isinstance(text, cls)), None)
+
 
 def unsupported_text_tower(model: torch.nn.Module) -> str | None:
     """Why this model's text tower cannot take soft prompts exactly here (None: it can)."""
-    from open_clip.transformer import TextTransformer
-
     text = getattr(model, "text", None)
     if text is None:
         return f"{type(model).__name__} has no separate text tower (use the open_clip source)"
-    if not isinstance(text, TextTransformer):
+    tower = _tower_class(text)
+    if tower is None:
         return (
-            f"text tower {type(text).__name__} (a Hugging Face text model) is not supported for soft prompts yet; "
-            "only open_clip's TextTransformer"
+            f"text tower {type(text).__name__} is not supported for soft prompts; supported: "
+            f"{', '.join(cls.__name__ for cls in TEXT_TOWERS)}"
         )
-    if text.cls_emb is not None:
-        return "text tower appends a CLS embedding (CoCa), not supported for soft prompts"
-    if text.use_pad_mask:
-        return "text tower masks padding from the token ids, not supported for soft prompts"
-    if text.pool_type not in ("argmax", "eos", "last", "first"):
-        return f"text pooling {text.pool_type!r} is not supported"
-    return None
+    return tower.unsupported(text)
+
+
+def text_tower(model: torch.nn.Module, name: str) -> OpenClipTextTower | HFTextTower:
+    """The soft-prompt runner for `model.text`, or a one-line VLPromptError saying why there is none."""
+    reason = unsupported_text_tower(model)
+    if reason is not None:
+        raise VLPromptError(f"{name}: {reason}")
+    return _tower_class(model.text)(model.text, name)
 
 
 class CustomTextClipBackbone(Backbone):
-    """Frozen open_clip `CustomTextCLIP` whose ``text`` is a `TextTransformer`."""
+    """Frozen open_clip `CustomTextCLIP` whose ``text`` is a `TextTransformer` or an `HFTextEncoder`."""
 
     def __init__(self, model: torch.nn.Module, identity: BackboneIdentity) -> None:
         super().__init__()
-        import open_clip
-
-        reason = unsupported_text_tower(model)
-        if reason is not None:
-            raise VLPromptError(f"{identity.name}: {reason}")
+        tower = text_tower(model, identity.name)
         self.model = model.eval().requires_grad_(False)
         self.identity = identity
         self.text = model.text
-        self.causal = self.text.attn_mask is not None
+        self.tower = tower  # plain object holding references into self.text
+        self.causal = tower.causal
         try:
-            self._tokenizer = open_clip.get_tokenizer(identity.name, context_length=self.text.context_length)
+            self._tokenizer = open_clip.get_tokenizer(identity.name, context_length=tower.context_length)
         except Exception as error:  # SigLIP / HF tokenizers fetch vocabulary files on first use
             raise VLPromptError(
                 f"{identity.name}: cannot build its tokenizer ({type(error).__name__}: {str(error)[:200]}). "
                 "open_clip downloads SigLIP / Hugging Face tokenizer files on first use: run once on a machine "
                 "with network so they land in the Hugging Face cache (HF_HOME), then copy that cache here"
             ) from None
+        problem = tower.tokenizer_problem(self.tokenize)
+        if problem is not None:
+            raise VLPromptError(f"{identity.name}: {problem}")
         cfg = open_clip.transform.PreprocessCfg(**open_clip.get_model_preprocess_cfg(model))
         self.train_transform: Callable = open_clip.transform.image_transform_v2(cfg, is_train=True)
         self.eval_transform: Callable = open_clip.transform.image_transform_v2(cfg, is_train=False)
@@ -79,26 +216,16 @@ class CustomTextClipBackbone(Backbone):
         return self._tokenizer(list(texts))
 
     def eot_index(self, ids: torch.Tensor) -> torch.Tensor:
-        pool = self.text.pool_type
-        if pool == "argmax":
-            return ids.argmax(dim=-1)
-        if pool == "eos":
-            return (ids == self.text.eos_id).int().argmax(dim=-1)
-        if pool == "last":
-            return torch.full((ids.shape[0],), ids.shape[1] - 1, dtype=torch.long, device=ids.device)
-        return torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
+        """Pooled position (TextTransformer) or last real token, the end of the padding mask (HF towers)."""
+        return self.tower.eot_index(ids)
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.text.token_embedding(ids.to(self.device))
+        return self.tower.embed(ids.to(self.device))
 
     def encode_text_embeds(
         self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True
     ) -> torch.Tensor:
-        text = self.text
-        tower = TextTowerParts(
-            text.transformer, text.positional_embedding, text.attn_mask, text.ln_final, text.text_projection, text.pool_type
-        )
-        return run_text_tower(tower, embeds, eot_index, truncate and self.causal)
+        return self.tower.encode(embeds, eot_index, truncate)
 
     def shared_prefix_unsupported(self) -> str | None:
         return "CustomTextCLIP towers have no shared-prefix encoding in vlprompt (whole prompts are encoded)"
@@ -120,40 +247,54 @@ class CustomTextClipBackbone(Backbone):
         return self.model.logit_scale.exp().clamp(max=100.0).reshape(())
 
 
+def _create(name: str, pretrained: str | None, device: str) -> torch.nn.Module:
+    """open_clip's model; without an open_clip tag, Hugging Face text towers start from their config only
+    (``pretrained_text=False``): vlprompt loads the weights itself, or was asked for random ones."""
+    try:
+        if pretrained is None:
+            return open_clip.create_model(name, pretrained=None, device=device, pretrained_text=False)
+        return open_clip.create_model(name, pretrained=pretrained, device=device)
+    except OSError as error:  # transformers: a Hugging Face config or weights not in the cache and no network
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise VLPromptError(
+            f"{name}: cannot build its Hugging Face text tower ({first[:200]}). Its config is read from the "
+            "Hugging Face hub on first use: run once on a machine with network (HF_HOME cache), then copy the cache here"
+        ) from None
+
+
 @BACKBONE_SOURCES.register("open_clip_custom")
 def create_custom_text_backbone(name: str, pretrained: str | None = None, device: str = "cpu") -> CustomTextClipBackbone:
     """An open_clip architecture built as `CustomTextCLIP`; `pretrained` as for the open_clip source:
     None (random), a local checkpoint file, or an open_clip tag (downloaded on first use)."""
-    import open_clip
-
     _check_architecture(name)
     weights_hash: str | None = None
     if pretrained is None:
-        model = open_clip.create_model(name, pretrained=None, device=device)
+        model = _create(name, None, device)
     elif os.sep in pretrained or Path(pretrained).suffix in (".safetensors", ".pt", ".pth", ".bin", ".ckpt"):
         path = Path(pretrained).expanduser()
         state = read_state_dict(path)
-        model = open_clip.create_model(name, pretrained=None, device=device)
+        model = _create(name, None, device)
         load_into(model, state, f"checkpoint {path}", name)
         weights_hash, pretrained = file_sha256(path), str(path)
     else:
         tags = open_clip.list_pretrained_tags_by_model(name)
         if pretrained not in tags:
             raise VLPromptError(unknown_name_message(f"pretrained tag for {name}", pretrained, tags or ["(none: pass a file)"]))
-        model = open_clip.create_model(name, pretrained=pretrained, device=device)
-    from open_clip.model import CustomTextCLIP
+        model = _create(name, pretrained, device)
+    from open_clip.model import CLIP, CustomTextCLIP
 
-    if not isinstance(model, CustomTextCLIP):
+    if isinstance(model, CLIP):
         raise VLPromptError(f"{name} is a plain open_clip CLIP, not CustomTextCLIP: use --backbone {name} (the open_clip source)")
-    text = model.text
-    width = getattr(text, "width", None) or int(text.token_embedding.weight.shape[1])
+    if not isinstance(model, CustomTextCLIP):
+        raise VLPromptError(f"{name} builds an open_clip {type(model).__name__}; this source takes CustomTextCLIP models only")
+    tower = text_tower(model, name)
     identity = BackboneIdentity(
         source="open_clip_custom",
         name=name,
         pretrained=pretrained,
-        embed_dim=int(getattr(text, "output_dim", None) or width),
-        width=int(width),
-        context_length=int(getattr(text, "context_length", 77)),
+        embed_dim=tower.embed_dim,
+        width=tower.width,
+        context_length=tower.context_length,
         weights_hash=weights_hash,
     )
     return CustomTextClipBackbone(model.to(device), identity)

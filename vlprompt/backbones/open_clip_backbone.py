@@ -185,6 +185,14 @@ def _check_architecture(name: str) -> None:
         raise VLPromptError(unknown_name_message("model architecture", name, known))
 
 
+def builds_custom_text(name: str) -> bool:
+    """Whether open_clip builds `name` as `CustomTextCLIP` (its rule in ``create_model``: ``custom_text`` or a
+    Hugging Face text tower, and no multimodal CoCa tower): such plain names go to the custom-text source."""
+    cfg = open_clip.get_model_config(name) or {}
+    text_cfg = cfg.get("text_cfg") or {}
+    return "multimodal_cfg" not in cfg and bool(cfg.get("custom_text") or "hf_model_name" in text_cfg)
+
+
 def _identity(model: CLIP, name: str, pretrained: str | None, weights_hash: str | None) -> BackboneIdentity:
     return BackboneIdentity(
         source="open_clip",
@@ -212,14 +220,17 @@ def _create_unloaded(name: str, device: str) -> CLIP:
 
 
 @BACKBONE_SOURCES.register("open_clip")
-def create_open_clip_backbone(name: str, pretrained: str | None = None, device: str = "cpu") -> OpenClipBackbone:
+def create_open_clip_backbone(name: str, pretrained: str | None = None, device: str = "cpu") -> Backbone:
     """Build from an architecture name and a weight source.
 
     `pretrained` is None (random weights), a local checkpoint file (safetensors or a state dict),
     a vlprompt resolver tag (e.g. ``world`` for the embedded tiny CLIP) or an open_clip tag such as
-    ``openai`` (downloaded on first use on a machine with network).
+    ``openai`` (downloaded on first use on a machine with network). Architectures open_clip builds as
+    `CustomTextCLIP` (``ViT-B-16-SigLIP``, ``roberta-ViT-B-32``...) are handed to the ``open_clip_custom`` source.
     """
     _check_architecture(name)
+    if builds_custom_text(name):
+        return BACKBONE_SOURCES.get("open_clip_custom")(name, pretrained=pretrained, device=device)
     weights_hash: str | None = None
     if pretrained is None:
         model = _create_unloaded(name, device)

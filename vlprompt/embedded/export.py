@@ -27,7 +27,7 @@ from vlprompt.embedded.styles import DATASET_STYLES, DATASET_TINTS, apply_tint
 from vlprompt.embedded.vocab import COLOUR_NAMES, SHAPES
 
 MARKER = ".vlprompt-complete.json"
-FORMAT_VERSION = 2  # 2: small-shape and colour-cast shifts
+FORMAT_VERSION = 3  # 2: small-shape and colour-cast shifts; 3: uncompressed PNG (decoding at encoder speed)
 CZSL_SPLIT = "compositional-split-natural"
 
 
@@ -64,7 +64,7 @@ CZSL_UNSEEN = {"val": 15, "test": 25}  # unseen pairs per split; as many seen pa
 
 def _save_png(array: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG", compress_level=1)
+    Image.fromarray(array).save(path, format="PNG", compress_level=0)
 
 
 def _write_classification(folder: Path, name: str, rng: np.random.Generator) -> None:

@@ -115,3 +115,22 @@ def shard_batches(
         order = torch.cat([order, order[:extra].repeat(extra // max(n, 1) + 1)[:extra]])
     batches = order.split(batch_size)
     return [batch[env.rank :: env.world_size] for batch in batches]
+
+
+def gather_strided(part: torch.Tensor, total: int) -> torch.Tensor:
+    """Undo ``rows[rank::world_size]``: every rank's strided share of `total` rows, back in order.
+
+    Shares differ in length by at most one row; they are padded to equal length for all_gather.
+    """
+    env = current()
+    if not env.enabled:
+        return part
+    per_rank = -(-total // env.world_size)
+    padded = part.new_zeros(per_rank, *part.shape[1:])
+    padded[: len(part)] = part
+    shares = [torch.empty_like(padded) for _ in range(env.world_size)]
+    dist.all_gather(shares, padded)
+    out = part.new_empty(total, *part.shape[1:])
+    for rank, share in enumerate(shares):
+        out[rank::env.world_size] = share[: len(range(rank, total, env.world_size))]
+    return out

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.data.classification import ImageItems, Item
+from vlprompt.data.images import decode_plain_png
 from vlprompt.prompts.templates import fill_templates
 
 
@@ -94,6 +95,7 @@ class _Uint8Head:
     def __init__(self, steps: Sequence[Callable], to_tensor: Callable) -> None:
         self.steps = list(steps)
         self.to_tensor = to_tensor
+        self.identity_size = identity_size(self.steps)
 
     def __call__(self, image):
         for step in self.steps:
@@ -103,6 +105,42 @@ class _Uint8Head:
             pixels = pixels.view(image.size[1], image.size[0], len(image.getbands()))
             return pixels.permute(2, 0, 1).contiguous()
         return self.to_tensor(image)
+
+
+def _is_rgb_conversion(step: Callable) -> bool:
+    try:
+        from open_clip.transform import MaybeConvertMode, _convert_to_rgb
+    except ImportError:  # pragma: no cover - open_clip is a dependency
+        return False
+    return (isinstance(step, MaybeConvertMode) and step.mode == "RGB") or step is _convert_to_rgb
+
+
+def identity_size(steps: Sequence[Callable]) -> tuple[int, int] | None:
+    """The (width, height) at which every PIL step leaves an RGB image unchanged; None if unknown.
+
+    Recognised: Resize to a square side (torchvision returns the image itself when the size already
+    matches), CenterCrop of that side, and open_clip's conversions to RGB. Eval transforms are
+    usually exactly these, so images stored at the model's resolution need no PIL work at all.
+    """
+    from torchvision import transforms as T
+
+    side = None
+    for step in steps:
+        if type(step) is T.Resize and step.max_size is None:
+            size = [step.size] if isinstance(step.size, int) else list(step.size)
+            if len(size) == 2 and size[0] == size[1]:
+                size = size[:1]
+            if len(size) != 1 or (side is not None and side != size[0]):
+                return None
+            side = size[0]
+        elif type(step) is T.CenterCrop:
+            height, width = step.size
+            if height != width or (side is not None and side != height):
+                return None
+            side = height
+        elif not _is_rgb_conversion(step):
+            return None
+    return (side, side) if side is not None else None
 
 
 def split_transform(transform: Callable) -> tuple[Callable, Callable[[torch.Tensor], torch.Tensor]] | None:
@@ -131,6 +169,20 @@ def split_transform(transform: Callable) -> tuple[Callable, Callable[[torch.Tens
         return images.sub(m).div_(s)
 
     return _Uint8Head(steps[:-2], to_tensor), finish_batch
+
+
+class _StreamedItems(ImageItems):
+    """`ImageItems` for a `_Uint8Head`: plain 8-bit RGB PNGs already at the identity size skip PIL
+    (same pixels, see `decode_plain_png`); everything else goes through the usual path."""
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        item = self.items[index]
+        size = getattr(self.transform, "identity_size", None)
+        if size is not None:
+            pixels = decode_plain_png(item.path, size)
+            if pixels is not None:
+                return pixels, item.label, index
+        return super().__getitem__(index)
 
 
 def _collate_uint8(batch):
@@ -212,7 +264,7 @@ def _encode_images(
     # ToTensor's scaling and Normalize run once per batch (on the device), not once per image
     head, finish = split if split else (transform, None)
     loader = DataLoader(
-        ImageItems(items, head, source),
+        _StreamedItems(items, head, source),
         batch_size=batch_size,
         collate_fn=_collate_uint8 if split else None,
         shuffle=False,

@@ -188,6 +188,9 @@ class Trainer:
             )
 
         data = self._training_data(train_items)
+        if val_items and self.env.enabled and not self.method.needs_images:
+            # rank 0 evaluates alone later; the validation features are built by all ranks now
+            self.cache.get(self.backbone, list(val_items), self.backbone.eval_transform, across_ranks=True)
         started = time.perf_counter()
         last_eval: dict[str, Any] | None = None
         for epoch in range(start_epoch, cfg.epochs):
@@ -276,12 +279,8 @@ class Trainer:
             return {"labels": labels, "items": items, "fingerprints": [item_fingerprint(i.path) for i in items]}
         views = self.config.augment_views
         transform = self.backbone.train_transform if views else self.backbone.eval_transform
-        # Rank 0 computes missing features first; the others then read them from the cache.
-        if not self.env.is_main:
-            dist_utils.barrier()
-        features = self.cache.get(self.backbone, items, transform, views=max(views, 1))
-        if self.env.is_main:
-            dist_utils.barrier()
+        # Under torchrun the ranks share the encoding of missing features (a collective call).
+        features = self.cache.get(self.backbone, items, transform, views=max(views, 1), across_ranks=True)
         return {"labels": labels.to(self.device), "features": features.to(self.device)}
 
     # -- one epoch ----------------------------------------------------------------------------
