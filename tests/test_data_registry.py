@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 
+from vlprompt.data import configs as configs_module
 from vlprompt.data import load_dataset
 from vlprompt.data import registry as registry_module
 from vlprompt.data.configs import BUILTIN_CONFIG_DIR, read_dataset_config
@@ -134,3 +136,26 @@ def test_adding_a_dataset_is_adding_a_yaml(tmp_path, scratch_registry):
 def test_every_builtin_yaml_parses():
     for path in BUILTIN_CONFIG_DIR.glob("*.yaml"):
         assert read_dataset_config(path).name == path.stem
+
+
+def test_builtin_config_dir_resolves_in_source_tree_and_wheel(monkeypatch, tmp_path):
+    assert (BUILTIN_CONFIG_DIR / "dtd.yaml").is_file() and "dtd" in dataset_names()
+    import vlprompt.paths as paths_module
+
+    monkeypatch.setattr(paths_module, "SOURCE_ROOT", tmp_path)  # as installed from a wheel: no source tree
+    packaged = configs_module.builtin_config_dir()
+    assert packaged.parts[-3:] == ("vlprompt", "_configs", "datasets")
+    assert paths_module.config_root().parts[-2:] == ("vlprompt", "_configs")  # experiment configs too
+
+
+def test_wheel_ships_configs_and_lists_every_package():
+    """pyproject.toml lists packages explicitly (configs/ is mapped in as vlprompt._configs); a new
+    subpackage missing from the list would be left out of the wheel."""
+    tomllib = pytest.importorskip("tomllib")
+    repo = Path(__file__).resolve().parents[1]
+    setuptools = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools["package-dir"] == {"vlprompt._configs": "configs"}
+    assert setuptools["package-data"]["vlprompt._configs"] == ["**/*.yaml"]
+    found = {".".join(p.parent.relative_to(repo).parts) for p in (repo / "vlprompt").rglob("__init__.py")}
+    missing = sorted(found - set(setuptools["packages"]))
+    assert not missing, f"add {missing} to [tool.setuptools] packages in pyproject.toml"

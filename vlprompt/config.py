@@ -14,9 +14,10 @@ from typing import Any
 import yaml
 
 from vlprompt.errors import VLPromptError
+from vlprompt.paths import config_root
 from vlprompt.registry import unknown_name_message
 
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_ROOT = config_root()
 
 
 def _deep_merge(base: dict, update: dict) -> dict:

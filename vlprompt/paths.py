@@ -6,6 +6,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 CACHE_ENV = "VLPROMPT_CACHE"
@@ -42,3 +43,19 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
+PACKAGED_CONFIGS = "_configs"  # a wheel ships the repository's configs/ as vlprompt/_configs (see pyproject.toml)
+
+
+def config_root() -> Path:
+    """The shipped YAML configs: the source tree's ``configs/`` (checkouts, editable installs), else the
+    copy a wheel installs inside the package, so both kinds of install know the same configs.
+
+    The source tree is recognised by its ``pyproject.toml``, so a stray ``configs/`` folder next to an
+    installed package in site-packages is never mistaken for it.
+    """
+    if (SOURCE_ROOT / "pyproject.toml").is_file() and (SOURCE_ROOT / "configs").is_dir():
+        return SOURCE_ROOT / "configs"
+    return Path(str(resources.files("vlprompt") / PACKAGED_CONFIGS))

@@ -1,4 +1,7 @@
-"""`vlprompt datasets list` and `vlprompt datasets check NAME --root DIR`: is a user's copy complete?"""
+"""`vlprompt datasets list` and `vlprompt datasets check NAME --root DIR`: is a user's copy complete?
+
+Prefixed names (``folder:<path>``, ``csv:<file.csv>``) carry their own location and need no root.
+"""
 
 from __future__ import annotations
 
@@ -24,20 +27,34 @@ def _expected_paths(config, folder: Path) -> list[Path]:
     return paths
 
 
-def check_dataset(name: str, root: str | Path, decode: bool = False) -> list[str]:
-    """Problems with the copy of `name` under `root` (empty: complete). Never raises for data problems."""
-    from vlprompt.data.images import load_image
-    from vlprompt.data.registry import get_dataset_config, load_dataset
+def _config_problems(name: str, root: Path) -> list[str]:
+    """Missing folders and files that a registered dataset's YAML names."""
+    from vlprompt.data.registry import get_dataset_config
 
     config = get_dataset_config(name)
-    root = Path(root).expanduser()
     folder = root / config.folder
     if not folder.is_dir():
         prepare = (config.prepare or "").replace("<root>", str(root))
         return [f"folder {folder} does not exist" + (f" ({prepare})" if prepare else "")]
-    problems = [f"missing: {p}" for p in _expected_paths(config, folder) if not p.exists()]
-    if problems:
-        return problems
+    return [f"missing: {p}" for p in _expected_paths(config, folder) if not p.exists()]
+
+
+def check_dataset(name: str, root: str | Path | None, decode: bool = False) -> list[str]:
+    """Problems with the copy of `name` under `root` (empty: complete). Never raises for data problems.
+
+    `root` may be None for prefixed names (``folder:``, ``csv:``), which say where they are.
+    """
+    from vlprompt.data.images import load_image
+    from vlprompt.data.registry import load_dataset, split_prefix
+
+    if split_prefix(name) is None:
+        if root is None:
+            raise VLPromptError(f"no data root for dataset {name!r}: pass --root DIR")
+        root = Path(root).expanduser()
+        missing_files = _config_problems(name, root)
+        if missing_files:
+            return missing_files
+    problems = []
     try:
         dataset = load_dataset(name, root, verify=False)
     except VLPromptError as error:
@@ -62,7 +79,7 @@ def check_dataset(name: str, root: str | Path, decode: bool = False) -> list[str
     return problems
 
 
-def summary(name: str, root: str | Path) -> str:
+def summary(name: str, root: str | Path | None) -> str:
     from vlprompt.data.registry import load_dataset
 
     dataset = load_dataset(name, root)
@@ -76,26 +93,28 @@ def _datasets_command(sub: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="action", required=True)
     actions.add_parser("list", help="registered dataset names").set_defaults(run=_list)
     check = actions.add_parser("check", help="verify a dataset copy and say what is missing")
-    check.add_argument("name", nargs="+", help="registered dataset name(s)")
+    check.add_argument("name", nargs="+", help="registered dataset name(s), folder:PATH or csv:FILE.csv")
     check.add_argument("--root", default=None, help="data root (default: $VLPROMPT_DATA)")
     check.add_argument("--decode", action="store_true", help="also decode every image (slow on big datasets)")
     check.set_defaults(run=_check)
 
 
 def _list(args: argparse.Namespace) -> None:
-    from vlprompt.data.registry import dataset_names, get_dataset_config
+    from vlprompt.data.registry import dataset_names, get_dataset_config, prefix_usages
 
     for name in dataset_names():
         print(f"{name:24s} {get_dataset_config(name).format}")
+    for usage in prefix_usages():  # need no config; listed so users can find them
+        print(f"{usage:24s} (any location)")
 
 
 def _check(args: argparse.Namespace) -> None:
     import os
 
-    from vlprompt.data.registry import DATA_ENV
+    from vlprompt.data.registry import DATA_ENV, split_prefix
 
     root = args.root or os.environ.get(DATA_ENV)
-    if not root:
+    if not root and any(split_prefix(name) is None for name in args.name):
         raise VLPromptError(f"no data root: pass --root DIR or set ${DATA_ENV}")
     failed = []
     for name in args.name:

@@ -8,8 +8,15 @@ from pathlib import Path
 import yaml
 
 from vlprompt.errors import VLPromptError
+from vlprompt.paths import config_root
 
-BUILTIN_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "datasets"
+
+def builtin_config_dir() -> Path:
+    """The built-in dataset YAMLs (``configs/datasets`` of the source tree or of the installed wheel)."""
+    return config_root() / "datasets"
+
+
+BUILTIN_CONFIG_DIR = builtin_config_dir()
 
 
 @dataclass(frozen=True)
@@ -20,10 +27,10 @@ class DatasetConfig:
     """
 
     name: str
-    format: str  # a DATASET_FORMATS name: coop_split, fgvc_variants
+    format: str  # a DATASET_FORMATS name: coop_split, fgvc_variants, csv, imagenet, ...
     template: str  # the dataset's own hand-crafted template, with "{}" for the class name
     image_dir: str = "."
-    split_file: str | None = None
+    split_file: str | None = None  # for format csv: the CSV file
     dataset_dir: str | None = None
     classnames_file: str | None = None  # one class name per line, in label order
     prepare: str | None = None  # how to get the data; shown when the folder is missing

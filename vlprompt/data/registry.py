@@ -1,4 +1,5 @@
-"""Dataset names -> readers. YAML configs register themselves; ``folder:<path>`` needs no config."""
+"""Dataset names -> readers. YAML configs register themselves; ``folder:<path>`` and ``csv:<file.csv>``
+need no config (DATASET_PREFIXES)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from vlprompt.data.classification import ClassificationDataset, read_coop_split
 from vlprompt.data.configs import BUILTIN_CONFIG_DIR, DatasetConfig, read_dataset_config
+from vlprompt.data.csv_reader import read_csv_dataset
 from vlprompt.data.fgvc import read_fgvc_variants, read_lines
 from vlprompt.data.folder import read_image_folder
 from vlprompt.errors import VLPromptError
@@ -16,12 +18,15 @@ from vlprompt.registry import Registry, unknown_name_message
 
 DATA_ENV = "VLPROMPT_DATA"
 FOLDER_PREFIX = "folder:"
+CSV_PREFIX = "csv:"
 
 DatasetFactory = Callable[[Path, bool], ClassificationDataset]  # (data root, verify) -> dataset
 FormatReader = Callable[[DatasetConfig, Path, bool], ClassificationDataset]  # (config, folder, verify)
+PrefixReader = Callable[[str, bool], ClassificationDataset]  # (what follows the prefix, verify) -> dataset
 
 DATASETS: Registry[DatasetFactory] = Registry("dataset")
 DATASET_FORMATS: Registry[FormatReader] = Registry("dataset format")
+DATASET_PREFIXES: Registry[PrefixReader] = Registry("dataset prefix")  # names that carry their own location
 _CONFIGS: dict[str, DatasetConfig] = {}
 _builtin_registered = False
 
@@ -47,6 +52,14 @@ def _read_coop(config: DatasetConfig, folder: Path, verify: bool) -> Classificat
             )
         dataset.classnames = names
     return dataset
+
+
+@DATASET_FORMATS.register("csv")
+def _read_csv(config: DatasetConfig, folder: Path, verify: bool) -> ClassificationDataset:
+    """`split_file` is the CSV; image paths are relative to `image_dir` (default: the dataset folder)."""
+    classnames = folder / config.classnames_file if config.classnames_file else None
+    csv_file = folder / _require(config, "split_file")
+    return read_csv_dataset(csv_file, config.name, config.template, folder / config.image_dir, classnames, verify)
 
 
 @DATASET_FORMATS.register("fgvc_variants")
@@ -103,8 +116,30 @@ def _ensure_builtin() -> None:
             register_dataset_configs(BUILTIN_CONFIG_DIR)
 
 
+@DATASET_PREFIXES.register(FOLDER_PREFIX)
+def _read_folder_name(location: str, verify: bool) -> ClassificationDataset:
+    return read_image_folder(location)  # every item was found by listing the folder: nothing to verify
+
+
+@DATASET_PREFIXES.register(CSV_PREFIX)
+def _read_csv_name(location: str, verify: bool) -> ClassificationDataset:
+    return read_csv_dataset(location, verify=verify)
+
+
+def split_prefix(name: str) -> tuple[str, str] | None:
+    """``(prefix, location)`` for names such as ``csv:/data/mine.csv``; None for registered names."""
+    for prefix in DATASET_PREFIXES.names():
+        if name.startswith(prefix):
+            return prefix, name[len(prefix) :]
+    return None
+
+
+def prefix_usages() -> list[str]:
+    return [f"{prefix}<path>" for prefix in DATASET_PREFIXES.names()]
+
+
 def dataset_names() -> list[str]:
-    """Every registered dataset name (``folder:<path>`` is always available too)."""
+    """Every registered dataset name (``folder:<path>`` and ``csv:<file.csv>`` are always available too)."""
     _ensure_builtin()
     return DATASETS.names()
 
@@ -118,15 +153,20 @@ def get_dataset_config(name: str) -> DatasetConfig:
 
 
 def load_dataset(name: str, root: str | Path | None = None, verify: bool = False) -> ClassificationDataset:
-    """Load a dataset by registry name from `root` (default ``$VLPROMPT_DATA``), or ``folder:<path>``.
+    """Load a dataset by registry name from `root` (default ``$VLPROMPT_DATA``), or by a prefixed name
+    that carries its own location (``folder:<path>``, ``csv:<file.csv>``; `root` is not used for those).
 
     `verify` checks that every listed image exists before anything runs.
     """
-    if name.startswith(FOLDER_PREFIX):
-        return read_image_folder(name[len(FOLDER_PREFIX) :])
+    prefixed = split_prefix(name)
+    if prefixed is not None:
+        prefix, location = prefixed
+        if not location.strip():
+            raise VLPromptError(f"dataset name {name!r} has no path after {prefix!r}: write {prefix}<path>")
+        return DATASET_PREFIXES.get(prefix)(location, verify)
     _ensure_builtin()
     if name not in DATASETS:
-        raise VLPromptError(unknown_name_message("dataset", name, DATASETS.names() + ["folder:<path>"]))
+        raise VLPromptError(unknown_name_message("dataset", name, DATASETS.names() + prefix_usages()))
     root = root if root is not None else os.environ.get(DATA_ENV)
     if not root:
         raise VLPromptError(f"no data root for dataset {name!r}: pass root=... or set ${DATA_ENV}")
