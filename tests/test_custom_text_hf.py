@@ -173,3 +173,42 @@ def test_left_padded_ids_are_refused(checkpoints):
     ids = backbone.tokenize(["a dog"])
     with pytest.raises(VLPromptError, match="right-padded"):
         backbone.eot_index(ids.roll(2, dims=-1))
+
+
+def test_byte_level_bpe_prompts_read_as_whole_sentences(tmp_path):
+    """RoBERTa's byte-level BPE puts the space into the word's token ("Ġdog"), and open_clip's tokenizer
+    strips its input: a class name after the learned context must still get the in-sentence tokens,
+    exactly the ids of CoOp's "X X X X dog." at every non-learned position."""
+    from tokenizers import ByteLevelBPETokenizer, processors
+
+    from vlprompt.prompts.assembler import PromptAssembler
+
+    corpus = ["a photo of a dog.", "a photo of a cat.", "X X X X small bird.", "dog cat bird photo"] * 20
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=300, min_frequency=1, special_tokens=["<s>", "<pad>", "</s>", "<unk>"])
+    bpe._tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    folder = tmp_path / "roberta-bpe"
+    tokenizer.save_pretrained(folder)
+    size = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=64, max_position_embeddings=40, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    transformers.RobertaModel(transformers.RobertaConfig(**size)).save_pretrained(folder)
+    name = "vlprompt-test-hfcustom-roberta-bpe"
+    text_cfg = {"hf_model_name": str(folder), "hf_tokenizer_name": str(folder), "hf_model_pretrained": True,
+                "hf_pooler_type": "mean_pooler", "hf_proj_type": "linear", "context_length": 16}
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / f"{name}.json").write_text(json.dumps({"embed_dim": 24, "vision_cfg": VISION, "text_cfg": text_cfg}))
+    open_clip.add_model_config(tmp_path / "configs")
+    logging.disable(logging.WARNING)
+    try:
+        backbone = create_backbone(name, None)
+    finally:
+        logging.disable(logging.NOTSET)
+    classes = ["dog", "small bird"]
+    whole = backbone.tokenize([f"X X X X {c}." for c in classes])
+    assert whole[0, 5] != backbone.tokenize(["dog."])[0, 1]  # the stripped piece alone really differs
+    assembler = PromptAssembler(backbone, "{ctx} {class}.", {"class": classes}, {"ctx": 4})
+    learned = torch.zeros_like(whole, dtype=torch.bool)
+    learned[:, 1:5] = True
+    assert torch.equal(assembler.token_ids[~learned], whole[~learned])

@@ -125,20 +125,26 @@ class PromptAssembler(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Token ids [P, L] with placeholders at learned slots, and slot positions {name: [P, k]}.
 
-        Literal pieces are tokenized on their own (SOS/EOT stripped): CLIP's BPE splits at
-        whitespace and punctuation first, so this equals tokenizing the whole string.
+        Literal pieces are tokenized on their own (SOS/EOT stripped), as they read in the whole
+        prompt: a piece after a learned slot that starts with a space is tokenized after a
+        placeholder word ("X dog." -> drop "X"), CoOp's "X X X X dog." form. CLIP's BPE splits at
+        whitespace first, so there it makes no difference; byte-level BPE (RoBERTa) marks the space
+        in the word's own token ("Ġdog"), which a tokenizer that strips its input would lose.
         """
-        frags = sorted({piece.text for pieces in prompts for piece in pieces if piece.text is not None})
-        frag_ids: dict[str, list[int]] = {}
-        if frags:
-            tokens = backbone.tokenize(frags)
+        x_ids = backbone.tokenize(["X"])
+        placeholder = int(x_ids[0, 1])
+        n_x = int(backbone.eot_index(x_ids)[0]) - 1
+        keys = sorted({(piece.text, index > 0 and piece.text[:1].isspace())
+                       for pieces in prompts for index, piece in enumerate(pieces) if piece.text is not None})
+        frag_ids: dict[tuple[str, bool], list[int]] = {}
+        if keys:
+            tokens = backbone.tokenize([("X" + text) if after_slot else text for text, after_slot in keys])
             eots = backbone.eot_index(tokens)
-            for frag, row, eot in zip(frags, tokens, eots):
-                frag_ids[frag] = row[1 : int(eot)].tolist()
+            for key, row, eot in zip(keys, tokens, eots):
+                frag_ids[key] = row[1 + (n_x if key[1] else 0) : int(eot)].tolist()
         empty = backbone.tokenize([""])[0]
         sos, eot_id = int(empty[0]), int(empty[backbone.eot_index(empty[None])[0]])
         pad = int(empty[-1]) if empty.shape[0] > 2 else 0
-        placeholder = int(backbone.tokenize(["X"])[0, 1])
         length = empty.shape[0]
 
         rows: list[list[int]] = []
@@ -146,9 +152,9 @@ class PromptAssembler(nn.Module):
         for pieces in prompts:
             row = [sos]
             slot_pos: dict[str, list[int]] = {name: [] for name in self.learned_lengths}
-            for piece in pieces:
+            for index, piece in enumerate(pieces):
                 if piece.text is not None:
-                    row += frag_ids[piece.text]
+                    row += frag_ids[(piece.text, index > 0 and piece.text[:1].isspace())]
                 else:
                     k = self.learned_lengths[piece.slot]  # type: ignore[index]
                     slot_pos[piece.slot] += list(range(len(row), len(row) + k))  # type: ignore[index]
