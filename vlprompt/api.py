@@ -17,11 +17,13 @@ from vlprompt.backbones import Backbone, create_backbone
 from vlprompt.config import ExperimentConfig
 from vlprompt.data import ClassificationDataset, Item, load_dataset
 from vlprompt.data.registry import DATA_ENV
+from vlprompt.data.webdataset_reader import WdsDataset, WdsSplit
 from vlprompt.engine.logging import write_json
 from vlprompt.errors import VLPromptError
 from vlprompt.paths import cache_dir
 
 WORLD_PREFIX = "world_"
+EvalItems = list[Item] | WdsSplit  # a test split: items, or a webdataset split streamed by the evaluation
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -46,8 +48,9 @@ def world_data_root(root: str | Path | None = None) -> Path:
     return root
 
 
-def get_dataset(name: str, root: str | Path | None = None) -> ClassificationDataset:
-    """A dataset by name; embedded world datasets are generated when no root is given."""
+def get_dataset(name: str, root: str | Path | None = None) -> ClassificationDataset | WdsDataset:
+    """A dataset by name (``folder:``, ``csv:``, ``wds:`` prefixes included); embedded world datasets are
+    generated when no root is given. ``wds:<folder>`` gives a `WdsDataset`, whose splits are streamed."""
     if root is None and not os.environ.get(DATA_ENV) and name.startswith(WORLD_PREFIX):
         root = world_data_root()
     return load_dataset(name, root)
@@ -84,7 +87,11 @@ def evaluate(
 
 
 def evaluate_prompt(
-    prompt: str | Path, backbone: Backbone, dataset: ClassificationDataset, split: str = "test", batch_size: int = 128
+    prompt: str | Path,
+    backbone: Backbone,
+    dataset: ClassificationDataset | WdsDataset,
+    split: str = "test",
+    batch_size: int = 128,
 ) -> dict[str, Any]:
     """A saved prompt evaluated on a dataset's split (its class names replace the trained ones)."""
     import time
@@ -107,17 +114,30 @@ def evaluate_prompt(
 
 
 def _protocol_items(
-    config: ExperimentConfig, dataset: ClassificationDataset, out_dir: Path
-) -> tuple[list[str], list[Item], list[Item], dict[str, tuple[list[str], list[Item]]]]:
-    """(train class names, train items, val items, {eval name: (class names, test items)})."""
+    config: ExperimentConfig, dataset: ClassificationDataset | WdsDataset, out_dir: Path
+) -> tuple[list[str], list[Item], list[Item], dict[str, tuple[list[str], EvalItems]]]:
+    """(train class names, train items, val items, {eval name: (class names, test items)}).
+
+    On a ``wds:`` dataset the few-shot images are extracted under ``<out_dir>/wds-images`` and the
+    test split stays a stream (`WdsSplit`), which the evaluation encodes as it reads it.
+    """
     from vlprompt.data.fewshot import few_shot_split
-    from vlprompt.data.protocols import base_new_split
+    from vlprompt.data.protocols import base_new_classes, base_new_split
+    from vlprompt.data.webdataset_fewshot import wds_few_shot_split
 
     protocol = config.protocol
+    streamed = isinstance(dataset, WdsDataset)
     test = dataset.split(config.eval.split)
+    if protocol.name == "all" and streamed:
+        raise VLPromptError(
+            f"protocol 'all' on webdataset {dataset.source} would extract every training image; "
+            "use protocol few-shot (protocol.shots=K), or `vlprompt eval` for zero-shot"
+        )
     if protocol.name == "all":
         train = dataset.split("train")
         val = dataset.splits.get("val", [])
+    elif protocol.name in ("few-shot", "base-to-new") and streamed:
+        train, val = wds_few_shot_split(dataset, protocol.shots, protocol.seed, out_dir / "splits", out_dir / "wds-images")
     elif protocol.name in ("few-shot", "base-to-new"):
         train, val = few_shot_split(dataset, protocol.shots, protocol.seed, out_dir / "splits")
     else:
@@ -126,6 +146,11 @@ def _protocol_items(
         return dataset.classnames, train, val, {"all": (dataset.classnames, test)}
     base_train, _ = base_new_split(dataset.classnames, train)
     base_val, _ = base_new_split(dataset.classnames, val)
+    if isinstance(test, WdsSplit):  # the halves as filtered streams, relabelled like base_new_split does
+        base, new = base_new_classes(len(dataset.classnames))
+        names = dataset.classnames
+        evals = {"base": ([names[i] for i in base], test.subset(base)), "new": ([names[i] for i in new], test.subset(new))}
+        return base_train.classnames, base_train.items, base_val.items, evals
     base_test, new_test = base_new_split(dataset.classnames, test)
     evals = {"base": (base_test.classnames, base_test.items), "new": (new_test.classnames, new_test.items)}
     return base_train.classnames, base_train.items, base_val.items, evals
@@ -145,10 +170,11 @@ def run_experiment(
     started = time.perf_counter()
     method_cfg = dict(config.method)
     method_name = method_cfg.pop("name")
-    out_dir = Path(config.output_dir or f"runs/{method_name}/{config.dataset.name}/{config.protocol.name}"
-                   f"-{config.protocol.shots}shot-seed{config.protocol.seed}")
     backbone = backbone or load_backbone(config.backbone.name, config.backbone.pretrained, config.backbone.device)
     dataset = get_dataset(config.dataset.name, config.dataset.root)
+    # the dataset's own name: for folder:/csv:/wds: locations that is the folder or file name, not a path
+    out_dir = Path(config.output_dir or f"runs/{method_name}/{dataset.name}/{config.protocol.name}"
+                   f"-{config.protocol.shots}shot-seed{config.protocol.seed}")
     classnames, train, val, evals = _protocol_items(config, dataset, out_dir)
 
     train_cfg = TrainConfig.from_dict({"seed": config.protocol.seed, "output_dir": str(out_dir), **config.train})

@@ -30,7 +30,7 @@ def _write_json(payload: object, path: str | None) -> None:
 @COMMANDS.register("eval")
 def _eval_command(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("eval", help="zero-shot or trained-prompt evaluation on a dataset")
-    parser.add_argument("--dataset", required=True, nargs="+", help="registered name(s) or folder:PATH")
+    parser.add_argument("--dataset", required=True, nargs="+", help="registered name(s), folder:PATH, csv:FILE or wds:DIR")
     parser.add_argument("--root", default=None, help="data root (default: $VLPROMPT_DATA, or the embedded world's)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--templates", default="dataset", help="dataset | single | imagenet80 | FILE")

@@ -1,6 +1,7 @@
 """`vlprompt datasets list` and `vlprompt datasets check NAME --root DIR`: is a user's copy complete?
 
-Prefixed names (``folder:<path>``, ``csv:<file.csv>``) carry their own location and need no root.
+Prefixed names (``folder:<path>``, ``csv:<file.csv>``, ``wds:<folder>``) carry their own location and
+need no root. Webdataset shards are checked against their ``nshards.txt``; ``--decode`` streams them.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from vlprompt.cli import COMMANDS
+from vlprompt.data.webdataset_reader import WdsDataset
 from vlprompt.errors import VLPromptError
 
 SHOW = 5  # how many missing / corrupt files a report names
@@ -59,6 +61,8 @@ def check_dataset(name: str, root: str | Path | None, decode: bool = False) -> l
         dataset = load_dataset(name, root, verify=False)
     except VLPromptError as error:
         return [str(error)]
+    if isinstance(dataset, WdsDataset):
+        return _stream_problems(dataset) if decode else []  # read_wds_info has checked the shard listing
     items = {item.path: item for split in dataset.splits.values() for item in split}
     missing = [path for path in items if not path.is_file()]
     if missing:
@@ -79,10 +83,25 @@ def check_dataset(name: str, root: str | Path | None, decode: bool = False) -> l
     return problems
 
 
+def _stream_problems(dataset: WdsDataset) -> list[str]:
+    """Decode every sample of every split of a webdataset; the first bad sample of each split."""
+    problems = []
+    for split in dataset.split_names:
+        try:
+            for _ in dataset.split(split).image_dataset(lambda image: 0):
+                pass
+        except VLPromptError as error:
+            problems.append(f"split {split}: {error}")
+    return problems
+
+
 def summary(name: str, root: str | Path | None) -> str:
     from vlprompt.data.registry import load_dataset
 
     dataset = load_dataset(name, root)
+    if isinstance(dataset, WdsDataset):
+        shards = ", ".join(f"{split} {len(paths)} shards" for split, paths in dataset.info.shards.items())
+        return f"{name}: OK, {dataset.num_classes} classes, {shards}"
     sizes = ", ".join(f"{split} {len(items)}" for split, items in dataset.splits.items())
     return f"{name}: OK, {dataset.num_classes} classes, {sizes}"
 
@@ -93,7 +112,7 @@ def _datasets_command(sub: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="action", required=True)
     actions.add_parser("list", help="registered dataset names").set_defaults(run=_list)
     check = actions.add_parser("check", help="verify a dataset copy and say what is missing")
-    check.add_argument("name", nargs="+", help="registered dataset name(s), folder:PATH or csv:FILE.csv")
+    check.add_argument("name", nargs="+", help="registered dataset name(s), folder:PATH, csv:FILE.csv or wds:FOLDER")
     check.add_argument("--root", default=None, help="data root (default: $VLPROMPT_DATA)")
     check.add_argument("--decode", action="store_true", help="also decode every image (slow on big datasets)")
     check.set_defaults(run=_check)

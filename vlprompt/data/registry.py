@@ -126,6 +126,13 @@ def _read_csv_name(location: str, verify: bool) -> ClassificationDataset:
     return read_csv_dataset(location, verify=verify)
 
 
+@DATASET_PREFIXES.register("wds:")
+def _read_wds_name(location: str, verify: bool):  # -> WdsDataset: lazy splits, streamed (data/webdataset_reader.py)
+    from vlprompt.data.webdataset_reader import read_wds_dataset
+
+    return read_wds_dataset(location)
+
+
 def split_prefix(name: str) -> tuple[str, str] | None:
     """``(prefix, location)`` for names such as ``csv:/data/mine.csv``; None for registered names."""
     for prefix in DATASET_PREFIXES.names():

@@ -1,9 +1,16 @@
 """Webdataset shards in the CLIP_benchmark layout, streamed (no folder scan):
 
     <folder>/classnames.txt                          one class name per line, label order
-    <folder>/zeroshot_classification_templates.txt   one template per line, "{c}" for the class name
+    <folder>/zeroshot_classification_templates.txt   optional: one template per line, "{c}" for the class name
     <folder>/<split>/0.tar, 1.tar, ...               samples: <key>.{webp,jpg,png,...} + <key>.cls (label)
     <folder>/<split>/nshards.txt                     optional: the number of shards
+
+``wds:<folder>`` names such a folder wherever a dataset name is accepted (`load_dataset`, ``vlprompt
+eval --dataset``, an experiment's ``dataset.name``). `read_wds_dataset` gives a `WdsDataset` whose
+``split(name)`` is a lazy `WdsSplit`: nothing is listed or decoded until the engine streams it
+(`vlprompt.engine.features.stream_image_features`), so a split never has to fit in a file listing.
+Few-shot training on shards is in `vlprompt.data.webdataset_fewshot` (only the K sampled images per
+class are extracted to files).
 
 Written against webdataset's public API only (runs on 0.2.x and 1.x).
 """
@@ -11,7 +18,7 @@ Written against webdataset's public API only (runs on 0.2.x and 1.x).
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +27,9 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import IterableDataset
 
 from vlprompt.data.fgvc import read_lines
+from vlprompt.data.folder import DEFAULT_TEMPLATE
 from vlprompt.errors import VLPromptError
+from vlprompt.prompts.templates import check_template
 
 IMAGE_KEYS = ("webp", "jpg", "jpeg", "png", "ppm", "bmp")
 
@@ -62,47 +71,176 @@ def read_wds_info(folder: str | Path) -> WdsInfo:
     return WdsInfo(folder, classnames, templates, shards)
 
 
-def _decode(sample: dict, shard: str, num_classes: int) -> tuple[Image.Image, int]:
-    key = sample.get("__key__", "?")
-    where = f"sample {key} in {shard}"
-    image_key = next((k for k in IMAGE_KEYS if k in sample), None)
-    if image_key is None or "cls" not in sample:
-        raise VLPromptError(f"{where}: expected an image ({'/'.join(IMAGE_KEYS)}) and a .cls label, got {sorted(sample)}")
-    try:
-        with Image.open(io.BytesIO(sample[image_key])) as image:
-            image.load()
-            image = image.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise VLPromptError(f"cannot decode image of {where}: {error}") from None
-    raw = sample["cls"]
+def image_key(names: Sequence[str]) -> str | None:
+    """The image among a sample's extensions (first of IMAGE_KEYS, as webdataset decoding would pick)."""
+    return next((k for k in IMAGE_KEYS if k in names), None)
+
+
+def parse_label(raw: bytes | str | int, where: str, num_classes: int) -> int:
+    """A ``.cls`` payload as a label in 0..num_classes-1; `where` names the sample and shard."""
     try:
         label = int(raw.decode() if isinstance(raw, bytes) else raw)
-    except ValueError:
+    except (ValueError, UnicodeDecodeError):
         raise VLPromptError(f"{where}: label {raw!r:.40} is not an integer") from None
     if not 0 <= label < num_classes:
         raise VLPromptError(f"{where}: label {label} is outside 0..{num_classes - 1} (classnames.txt)")
-    return image, label
+    return label
+
+
+def decode_image(data: bytes, where: str) -> Image.Image:
+    """Image bytes as an RGB PIL image (as `load_image` opens files); errors name the sample."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise VLPromptError(f"cannot decode image of {where}: {reason}") from None
+
+
+def _check_sample(sample: dict, where: str) -> str:
+    key = image_key(list(sample))
+    if key is None or "cls" not in sample:
+        raise VLPromptError(f"{where}: expected an image ({'/'.join(IMAGE_KEYS)}) and a .cls label, got {sorted(sample)}")
+    return key
+
+
+def _decode(sample: dict, shard: str, num_classes: int) -> tuple[Image.Image, int]:
+    where = f"sample {sample.get('__key__', '?')} in {shard}"
+    key = _check_sample(sample, where)
+    label = parse_label(sample["cls"], where, num_classes)
+    return decode_image(sample[key], where), label
 
 
 class WdsClassification(IterableDataset):
     """Streams ``(image_tensor, label, index)`` from one split's shards, split across DataLoader workers
-    (and ranks, through webdataset's node splitter)."""
+    (and ranks, through webdataset's node splitter, unless `split_by_node` is False).
 
-    def __init__(self, info: WdsInfo, split: str, transform: Callable) -> None:
+    `labels`, if given, keeps only samples with those labels, relabelled 0..k-1 in that order (the
+    label is read before the image, so skipped samples are never decoded).
+    """
+
+    def __init__(
+        self,
+        info: WdsInfo,
+        split: str,
+        transform: Callable,
+        labels: Sequence[int] | None = None,
+        split_by_node: bool = True,
+    ) -> None:
         if split not in info.shards:
             raise VLPromptError(f"webdataset {info.folder} has no split {split!r}. Valid: {', '.join(info.shards)}")
         self.info, self.split, self.transform = info, split, transform
+        self.relabel = {old: new for new, old in enumerate(labels)} if labels is not None else None
+        self.split_by_node = split_by_node
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int, int]]:
         import webdataset as wds
 
         urls = [str(p) for p in self.info.shards[self.split]]
-        pipeline = wds.DataPipeline(
-            wds.SimpleShardList(urls),
-            wds.split_by_node,
-            wds.split_by_worker,
-            wds.tarfile_to_samples(),
-        )
-        for index, sample in enumerate(pipeline):
-            image, label = _decode(sample, sample.get("__url__", self.split), len(self.info.classnames))
-            yield self.transform(image), label, index
+        stages = [wds.SimpleShardList(urls)]
+        if self.split_by_node:
+            stages.append(wds.split_by_node)
+        pipeline = wds.DataPipeline(*stages, wds.split_by_worker, wds.tarfile_to_samples())
+        num_classes = len(self.info.classnames)
+        index = 0
+        for sample in pipeline:
+            where = f"sample {sample.get('__key__', '?')} in {sample.get('__url__', self.split)}"
+            key = _check_sample(sample, where)
+            label = parse_label(sample["cls"], where, num_classes)
+            if self.relabel is not None:
+                if label not in self.relabel:
+                    continue
+                label = self.relabel[label]
+            yield self.transform(decode_image(sample[key], where)), label, index
+            index += 1
+
+
+@dataclass(frozen=True, eq=False)
+class WdsSplit:
+    """One split of a webdataset, lazily: the engine streams it (`image_dataset`), nothing is listed.
+
+    It has no length and no file paths, so it is not a list of `Item`s: `evaluate_zero_shot`,
+    `predict_logits` and `evaluate_method` recognise it and stream it (labels come from the stream).
+    `labels` restricts it to some classes, relabelled 0..k-1 in that order (base-to-new halves).
+    """
+
+    info: WdsInfo
+    split: str
+    labels: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.split not in self.info.shards:
+            raise VLPromptError(
+                f"webdataset {self.info.folder} has no split {self.split!r}. Valid: {', '.join(self.info.shards)}"
+            )
+
+    @property
+    def source(self) -> str:
+        return str(self.info.folder / self.split)
+
+    @property
+    def shards(self) -> list[Path]:
+        return list(self.info.shards[self.split])
+
+    def image_dataset(self, transform: Callable) -> WdsClassification:
+        """``(transform(image), label, index)`` over the whole split on every rank (evaluation is not
+        sharded across ranks, as for item lists); DataLoader workers share the shards."""
+        return WdsClassification(self.info, self.split, transform, labels=self.labels, split_by_node=False)
+
+    def subset(self, labels: Sequence[int]) -> WdsSplit:
+        """Only the samples of `labels` (labels of this split), relabelled 0..k-1 in that order."""
+        chosen = tuple(int(label) for label in labels)
+        if self.labels is not None:
+            chosen = tuple(self.labels[label] for label in chosen)
+        return WdsSplit(self.info, self.split, chosen)
+
+    def __repr__(self) -> str:
+        classes = f", {len(self.labels)} classes" if self.labels is not None else ""
+        return f"WdsSplit({self.source}, {len(self.shards)} shards{classes})"
+
+
+@dataclass
+class WdsDataset:
+    """A ``wds:<folder>`` dataset: class names, templates and lazy splits (see `WdsSplit`).
+
+    It stands where a `ClassificationDataset` does for evaluation; ``template`` is the first of
+    ``templates`` (the folder's templates file, or "a photo of a {}." without one), and the "dataset"
+    template spec gives all of them.
+    """
+
+    name: str
+    root: Path
+    classnames: list[str]
+    templates: list[str]
+    info: WdsInfo
+
+    @property
+    def template(self) -> str:
+        return self.templates[0]
+
+    @property
+    def source(self) -> str:
+        return str(self.root)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    @property
+    def split_names(self) -> list[str]:
+        return list(self.info.shards)
+
+    def split(self, name: str) -> WdsSplit:
+        """A lazy split; an unknown name lists the valid ones."""
+        return WdsSplit(self.info, name)
+
+
+def read_wds_dataset(folder: str | Path, name: str | None = None) -> WdsDataset:
+    """The dataset behind ``wds:<folder>``: reads the class names and templates, lists the shards."""
+    info = read_wds_info(folder)
+    if not info.classnames:
+        raise VLPromptError(f"class names file {info.folder / 'classnames.txt'} is empty")
+    where = f"templates file {info.folder / 'zeroshot_classification_templates.txt'}"
+    templates = [check_template(t, where) for t in info.templates] or [DEFAULT_TEMPLATE]
+    return WdsDataset(name or info.folder.name, info.folder, list(info.classnames), templates, info)

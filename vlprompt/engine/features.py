@@ -6,12 +6,13 @@ import queue
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
 
 from vlprompt.backbones.base import Backbone
@@ -59,6 +60,55 @@ def extract_image_features(
     with torch.inference_mode():
         features = _encode_images(backbone, items, transform, batch_size, num_workers, progress, source)
     return features.clone()
+
+
+@runtime_checkable
+class StreamedSplit(Protocol):
+    """A split read as a stream (e.g. a `WdsSplit` of webdataset shards): no paths, no length, labels
+    only known as the samples go by. ``image_dataset(transform)`` yields ``(image, label, index)``."""
+
+    def image_dataset(self, transform: Callable) -> IterableDataset: ...
+
+
+def stream_image_features(
+    backbone: Backbone,
+    split: StreamedSplit,
+    transform: Callable | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode a streamed split once: ``([N, D] fp32 L2-normalised features, [N] labels)``, in stream order.
+
+    The same batch pipeline as `extract_image_features` (per-image transform in the loader, ToTensor
+    scaling and Normalize per batch, `prefetch`, `prepare_images`), so equal images give equal
+    features. Not cached: `FeatureCache` keys entries by image file (path, mtime, size), which a
+    stream does not have; a streamed split is encoded anew each time.
+    """
+    features, labels = [], []
+    with torch.inference_mode():
+        for images, batch_labels in image_batches(backbone, split.image_dataset, transform, batch_size, num_workers, progress):
+            features.append(F.normalize(backbone.encode_image(images).float(), dim=-1).cpu())
+            labels.append(batch_labels.long().cpu())
+    if not features:
+        return torch.empty(0, backbone.identity.embed_dim), torch.empty(0, dtype=torch.long)
+    return torch.cat(features).clone(), torch.cat(labels)
+
+
+def features_and_labels(
+    backbone: Backbone,
+    items: Sequence[Item] | StreamedSplit,
+    transform: Callable | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    progress: bool = True,
+    source: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image features and labels of a list of items or of a streamed split (labels from the stream)."""
+    if isinstance(items, StreamedSplit):
+        return stream_image_features(backbone, items, transform, batch_size, num_workers, progress)
+    features = extract_image_features(backbone, items, transform, batch_size, num_workers, progress, source)
+    return features, torch.tensor([int(item.label) for item in items], dtype=torch.long)
 
 
 def resolve_num_workers(num_workers: int | None, device: torch.device | str) -> int:
@@ -248,23 +298,30 @@ def prefetch(iterable: Iterable, depth: int = 2) -> Iterator:
         thread.join()
 
 
-def _encode_images(
+def image_batches(
     backbone: Backbone,
-    items: Sequence[Item],
-    transform: Callable | None,
-    batch_size: int,
-    num_workers: int | None,
-    progress: bool,
-    source: str | None,
-) -> torch.Tensor:
+    make_dataset: Callable[[Callable], Dataset],
+    transform: Callable | None = None,
+    batch_size: int = 64,
+    num_workers: int | None = 0,
+    progress: bool = True,
+    desc: str = "image features",
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(images ready for the encoder, labels)`` batches of ``make_dataset(per-image transform)``.
+
+    `transform` (default: the backbone's eval transform) is split when it ends in ToTensor, Normalize:
+    the per-image part runs in the loader (worker processes, or a `prefetch` thread), the scaling and
+    Normalize once per batch on the device. Item lists and streamed splits share this pipeline.
+    """
     device = backbone.device
     workers = resolve_num_workers(num_workers, device)
     transform = transform or backbone.eval_transform
     split = split_transform(transform)
     # ToTensor's scaling and Normalize run once per batch (on the device), not once per image
     head, finish = split if split else (transform, None)
+    dataset = make_dataset(head)
     loader = DataLoader(
-        _StreamedItems(items, head, source),
+        dataset,
         batch_size=batch_size,
         collate_fn=_collate_uint8 if split else None,
         shuffle=False,
@@ -275,13 +332,29 @@ def _encode_images(
     )
     # worker processes already run ahead; in-process loading is moved to a thread
     batches = loader if workers else prefetch(loader, depth=2)
-    features = []
-    bar = tqdm(batches, desc="image features", unit="batch", disable=not show_progress(progress), leave=False,
-               total=len(loader))
-    for images, _, _ in bar:
+    total = None if isinstance(dataset, IterableDataset) else len(loader)
+    bar = tqdm(batches, desc=desc, unit="batch", disable=not show_progress(progress), leave=False, total=total)
+    for images, labels, _ in bar:
         images = prepare_images(backbone, images)
         if finish is not None:
             images = finish(images)
+        yield images, labels
+
+
+def _encode_images(
+    backbone: Backbone,
+    items: Sequence[Item],
+    transform: Callable | None,
+    batch_size: int,
+    num_workers: int | None,
+    progress: bool,
+    source: str | None,
+) -> torch.Tensor:
+    def make_dataset(head: Callable) -> Dataset:
+        return _StreamedItems(items, head, source)
+
+    features = []
+    for images, _ in image_batches(backbone, make_dataset, transform, batch_size, num_workers, progress):
         encoded = backbone.encode_image(images)
         features.append(F.normalize(encoded.float(), dim=-1).cpu())
     if not features:

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-
-import torch
+from typing import TYPE_CHECKING
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.data.classification import ClassificationDataset
-from vlprompt.engine.features import extract_image_features, text_classifier
+from vlprompt.engine.features import features_and_labels, text_classifier
 from vlprompt.engine.metrics import classification_metrics
 from vlprompt.prompts.templates import get_templates
+
+if TYPE_CHECKING:
+    from vlprompt.data.webdataset_reader import WdsDataset
 
 
 def evaluate_zero_shot(
     backbone: Backbone,
-    dataset: ClassificationDataset,
+    dataset: ClassificationDataset | WdsDataset,
     split: str = "test",
     templates: str | Sequence[str] = "dataset",
     batch_size: int = 64,
@@ -26,17 +28,17 @@ def evaluate_zero_shot(
     """Classify a split with hand-crafted prompts; returns a JSON-able result.
 
     `templates` is a spec for `get_templates` (bank name, "dataset", file) or a list. The class
-    text features are computed once; images are encoded in batches.
+    text features are computed once; images are encoded in batches. A streamed split (``wds:``
+    datasets) is encoded as it is read, its labels taken from the stream.
     """
     start = time.perf_counter()
     items = dataset.split(split)
     template_list = get_templates(templates, dataset)
     weights = text_classifier(backbone, dataset.classnames, template_list)
-    features = extract_image_features(
+    features, labels = features_and_labels(
         backbone, items, batch_size=batch_size, num_workers=num_workers, progress=progress, source=dataset.source
     )
     logits = backbone.logit_scale.float().cpu() * features @ weights.cpu().T
-    labels = torch.tensor([item.label for item in items], dtype=torch.long)
     return {
         "dataset": dataset.name,
         "split": split,

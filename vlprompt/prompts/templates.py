@@ -77,7 +77,9 @@ def _select7(dataset: ClassificationDataset | None) -> list[str]:
 
 @TEMPLATE_BANKS.register("dataset")
 def _own(dataset: ClassificationDataset | None) -> list[str]:
-    return [_dataset_template(dataset, "dataset")]
+    """The dataset's own template, or all of them for datasets that ship a list (``wds:`` folders)."""
+    own = getattr(dataset, "templates", None)
+    return list(own) if own else [_dataset_template(dataset, "dataset")]
 
 
 @TEMPLATE_BANKS.register("coop")
