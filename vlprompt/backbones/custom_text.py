@@ -281,15 +281,24 @@ def create_custom_text_backbone(name: str, pretrained: str | None = None, device
         if pretrained not in tags:
             raise VLPromptError(unknown_name_message(f"pretrained tag for {name}", pretrained, tags or ["(none: pass a file)"]))
         model = _create(name, pretrained, device)
-    from open_clip.model import CLIP, CustomTextCLIP
+    from open_clip.model import CLIP
 
     if isinstance(model, CLIP):
         raise VLPromptError(f"{name} is a plain open_clip CLIP, not CustomTextCLIP: use --backbone {name} (the open_clip source)")
+    return wrap_custom_text(model, name, pretrained, weights_hash, device, source="open_clip_custom")
+
+
+def wrap_custom_text(
+    model: torch.nn.Module, name: str, pretrained: str | None, weights_hash: str | None, device: str, source: str
+) -> CustomTextClipBackbone:
+    """A built `CustomTextCLIP` as a backbone, its identity read from its text tower."""
+    from open_clip.model import CustomTextCLIP
+
     if not isinstance(model, CustomTextCLIP):
         raise VLPromptError(f"{name} builds an open_clip {type(model).__name__}; this source takes CustomTextCLIP models only")
     tower = text_tower(model, name)
     identity = BackboneIdentity(
-        source="open_clip_custom",
+        source=source,
         name=name,
         pretrained=pretrained,
         embed_dim=tower.embed_dim,
