@@ -107,3 +107,15 @@ def test_partial_hits_and_duplicates(tiny_vit, items, tmp_path, monkeypatch):
     full = cache.get(tiny_vit, items + items[:1], tiny_vit.eval_transform)
     assert counter.images == len(items) - 3
     assert torch.equal(full[0, 0], full[0, -1])
+
+
+def test_image_precision_is_part_of_the_key(tiny_vit, monkeypatch, tmp_path):
+    """bf16 features (CUDA) and fp32 features (CPU) of one backbone never share cache entries."""
+    from vlprompt.engine import cache as cache_module
+    from vlprompt.engine.features import image_precision
+
+    assert image_precision("cpu") == "fp32"
+    cache = cache_module.FeatureCache(tmp_path, progress=False)
+    fp32 = cache.folder(tiny_vit, tiny_vit.eval_transform)
+    monkeypatch.setattr(cache_module, "image_precision", lambda device: "bf16")
+    assert cache.folder(tiny_vit, tiny_vit.eval_transform) != fp32

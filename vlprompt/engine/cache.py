@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
@@ -28,6 +27,7 @@ from vlprompt.backbones.base import Backbone
 from vlprompt.backbones.weights import state_dict_hash
 from vlprompt.engine import distributed as dist_utils
 from vlprompt.engine.distributed import DistEnv
+from vlprompt.engine.features import encode_normalized, image_precision
 from vlprompt.engine.logging import progress_bar
 from vlprompt.engine.views import ItemLike, SeededImages, describe_transform, item_fingerprint, stable_seed
 from vlprompt.errors import VLPromptError
@@ -95,6 +95,9 @@ class FeatureCache:
     def folder(self, backbone: Backbone, transform: Callable) -> Path:
         """Where entries of this backbone and transform live."""
         text = f"{describe_transform(transform)}|seed={self.seed}"
+        precision = image_precision(backbone.device)
+        if precision != "fp32":  # fp32 keys stay as they were
+            text += f"|precision={precision}"
         return self.root / backbone_key(backbone) / hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @staticmethod
@@ -234,7 +237,7 @@ class FeatureCache:
         chunks = []
         try:
             for images, _, _ in progress_bar(loader, desc="image features", enabled=self.progress):
-                chunks.append(F.normalize(backbone.encode_image(images.to(backbone.device)).float(), dim=-1).cpu())
+                chunks.append(encode_normalized(backbone, images.to(backbone.device)).cpu())
         finally:
             backbone.train(was_training)
         return torch.cat(chunks)

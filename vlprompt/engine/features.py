@@ -88,7 +88,7 @@ def stream_image_features(
     features, labels = [], []
     with torch.inference_mode():
         for images, batch_labels in image_batches(backbone, split.image_dataset, transform, batch_size, num_workers, progress):
-            features.append(F.normalize(backbone.encode_image(images).float(), dim=-1).cpu())
+            features.append(encode_normalized(backbone, images).cpu())
             labels.append(batch_labels.long().cpu())
     if not features:
         return torch.empty(0, backbone.identity.embed_dim), torch.empty(0, dtype=torch.long)
@@ -109,6 +109,26 @@ def features_and_labels(
         return stream_image_features(backbone, items, transform, batch_size, num_workers, progress)
     features = extract_image_features(backbone, items, transform, batch_size, num_workers, progress, source)
     return features, torch.tensor([int(item.label) for item in items], dtype=torch.long)
+
+
+def image_precision(device: torch.device | str) -> str:
+    """How frozen image features are computed: bf16 autocast on CUDA GPUs that support it (about twice
+    the encoder throughput; features are L2-normalised fp32 either way), fp32 elsewhere. Part of the
+    feature cache's key, so features of the two precisions never mix."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def encode_normalized(backbone: Backbone, images: torch.Tensor) -> torch.Tensor:
+    """``[B, D]`` fp32 L2-normalised image features, at `image_precision` of the backbone's device."""
+    if image_precision(images.device) == "bf16":
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            encoded = backbone.encode_image(images)
+    else:
+        encoded = backbone.encode_image(images)
+    return F.normalize(encoded.float(), dim=-1)
 
 
 def resolve_num_workers(num_workers: int | None, device: torch.device | str) -> int:
@@ -355,8 +375,7 @@ def _encode_images(
 
     features = []
     for images, _ in image_batches(backbone, make_dataset, transform, batch_size, num_workers, progress):
-        encoded = backbone.encode_image(images)
-        features.append(F.normalize(encoded.float(), dim=-1).cpu())
+        features.append(encode_normalized(backbone, images).cpu())
     if not features:
         return torch.empty(0, backbone.identity.embed_dim)
     return torch.cat(features)
