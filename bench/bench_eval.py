@@ -3,8 +3,9 @@ bare image encoder, in one run.
 
 full:  `evaluate_zero_shot` on files on disk: class text features computed once, then every image
        decoded, transformed, encoded (streamed by `extract_image_features`) and scored.
-bare:  `backbone.encode_image` alone, same batch size, on the very tensors the eval transform
-       makes from the same files (decoded and stacked before timing), under inference mode.
+bare:  the image encoder alone (`encode_normalized`: bf16 autocast on CUDA, as the evaluation), same
+       batch size, on the very tensors the eval transform makes from the same files (decoded and
+       stacked before timing), under inference mode.
 
 Ratio = full images/s / bare images/s (target >= 0.9). The two are timed alternately, --repeats
 times each, and the best of each is kept, so load from other processes on the machine hits both
@@ -75,7 +76,7 @@ def bare_encode(backbone, tensors: torch.Tensor, batch_size: int) -> float:
         sync(device)
         t0 = time.perf_counter()
         for start in range(0, len(tensors), batch_size):
-            backbone.encode_image(tensors[start : start + batch_size])
+            features_module.encode_normalized(backbone, tensors[start : start + batch_size])  # same precision as the eval
         sync(device)
         return time.perf_counter() - t0
 
