@@ -21,14 +21,12 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.backbones.weights import state_dict_hash
 from vlprompt.engine import distributed as dist_utils
 from vlprompt.engine.distributed import DistEnv
-from vlprompt.engine.features import encode_normalized, image_precision
-from vlprompt.engine.logging import progress_bar
+from vlprompt.engine.features import encode_normalized, image_batches, image_precision
 from vlprompt.engine.views import ItemLike, SeededImages, describe_transform, item_fingerprint, stable_seed
 from vlprompt.errors import VLPromptError
 from vlprompt.paths import atomic_path, cache_dir
@@ -223,21 +221,23 @@ class FeatureCache:
     def _encode(
         self, backbone: Backbone, items: list[ItemLike], transform: Callable, todo: list[tuple[int, int]]
     ) -> torch.Tensor:
-        """Features ``[len(todo), D]`` of the (view, item) pairs in `todo`."""
+        """Features ``[len(todo), D]`` of the (view, item) pairs in `todo`, streamed like an evaluation
+        (`image_batches`: prefetch thread or workers, ToTensor/Normalize per batch, pinned memory)."""
         if not todo:
             return torch.empty(0, backbone.identity.embed_dim)
-        dataset = SeededImages(
-            [items[n] for _, n in todo],
-            transform,
-            _ViewSeed([item_fingerprint(items[n].path) for _, n in todo], [v for v, _ in todo], self.seed),
-        )
-        loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
+        seeds = _ViewSeed([item_fingerprint(items[n].path) for _, n in todo], [v for v, _ in todo], self.seed)
+
+        def make_dataset(head: Callable) -> SeededImages:
+            return SeededImages([items[n] for _, n in todo], head, seeds)
+
         was_training = backbone.training
         backbone.eval()
         chunks = []
         try:
-            for images, _, _ in progress_bar(loader, desc="image features", enabled=self.progress):
-                chunks.append(encode_normalized(backbone, images.to(backbone.device)).cpu())
+            batches = image_batches(backbone, make_dataset, transform, self.batch_size, self.num_workers,
+                                    progress=self.progress is not False)
+            for images, _ in batches:
+                chunks.append(encode_normalized(backbone, images).cpu())
         finally:
             backbone.train(was_training)
         return torch.cat(chunks)
