@@ -30,6 +30,7 @@ PRESETS = {
     "issue": {"model": "ViT-B-16", "pretrained": None, "classes": 37, "batches": [1, 4], "chunks": [0, 1]},
     "vitb16-100": {"model": "ViT-B-16", "pretrained": None, "classes": 100, "batches": [4], "chunks": [0, 1]},
     "tiny": {"model": "vlprompt-tiny", "pretrained": "world", "classes": 100, "batches": [32], "chunks": [0, 8]},
+    "test": {"model": "vlprompt-test-vit", "pretrained": None, "classes": 5, "batches": [2], "chunks": [0, 1]},  # smoke test
 }
 
 

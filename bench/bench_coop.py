@@ -51,7 +51,7 @@ class PrecomputedFeatures:
     def __init__(self, features: torch.Tensor) -> None:
         self.features = features
 
-    def get(self, backbone, items, transform, views: int = 1) -> torch.Tensor:
+    def get(self, backbone, items, transform, views: int = 1, across_ranks: bool = False) -> torch.Tensor:
         return self.features[None]
 
 
