@@ -102,6 +102,15 @@ class Backbone(nn.Module):
         return self.encode_text_embeds(self.embed_tokens(ids), self.eot_index(ids), truncate=truncate)
 
     @property
+    def start_length(self) -> int:
+        """How many tokens the tokenizer writes before the text: 1 for CLIP's [SOS] or BERT's [CLS], 0 for
+        T5-style tokenizers that only end the text. Prompt assembly splices text after them."""
+        if getattr(self, "_start_length", None) is None:
+            empty = self.tokenize([""])
+            self._start_length = int(self.eot_index(empty)[0])
+        return self._start_length
+
+    @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 

@@ -13,9 +13,10 @@ each run exactly as its own forward:
   then the encoder's own pooler module (mean_pooler, cls_pooler, cls_last_hidden_state_pooler) and ``proj``
   (linear / mlp / identity). Bidirectional, so never truncated.
 
-Refused with a one-line reason: CoCa's appended CLS token, pad-masked `TextTransformer` towers, open_clip's
-max_pooler (it fails in open_clip itself), and tokenizers that do not write ``<start> text <end> <pad>...``
-(T5/mT5 write no start token, which prompt assembly needs), so ``mt5-*`` models are refused.
+Tokenizers may write ``<start> text <end> <pad>...`` (BERT, RoBERTa) or ``text <end> <pad>...`` (T5/mT5:
+no start token; prompt assembly reads `Backbone.start_length`). Refused with a one-line reason: CoCa's
+appended CLS token, pad-masked `TextTransformer` towers, open_clip's max_pooler (it fails in open_clip
+itself), and tokenizers that write anything else for the empty text.
 """
 
 from __future__ import annotations
@@ -120,16 +121,16 @@ class HFTextTower:
         return None
 
     def tokenizer_problem(self, tokenize: Callable[[Sequence[str]], torch.Tensor]) -> str | None:
-        """Prompt assembly needs ``<start> text <end>`` followed by this tower's padding."""
+        """Prompt assembly needs ``[<start>] text <end>`` followed by this tower's padding."""
         empty = tokenize([""])
         try:
-            if int(self.eot_index(empty)[0]) == 1:
+            if int(self.eot_index(empty)[0]) in (0, 1):
                 return None
         except VLPromptError:
             pass
         return (
-            f"its tokenizer writes {empty[0, :4].tolist()}... for the empty text; soft prompts need <start> <end> "
-            f"then padding with the text config's pad_token_id {self.pad_id} (T5/mT5 tokenizers write no start token)"
+            f"its tokenizer writes {empty[0, :4].tolist()}... for the empty text; soft prompts need [<start>] <end> "
+            f"then padding with the text config's pad_token_id {self.pad_id}"
         )
 
     def eot_index(self, ids: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,7 @@ def mean_token_embeddings(backbone: Backbone, names: Sequence[str]) -> torch.Ten
     eot = backbone.eot_index(ids)
     emb = backbone.embed_tokens(ids).float().cpu()
     pos = torch.arange(ids.shape[1])[None]
-    mask = ((pos >= 1) & (pos < eot[:, None])).float()
+    mask = ((pos >= backbone.start_length) & (pos < eot[:, None])).float()
     return (emb * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
 
 

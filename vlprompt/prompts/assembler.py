@@ -131,9 +131,10 @@ class PromptAssembler(nn.Module):
         whitespace first, so there it makes no difference; byte-level BPE (RoBERTa) marks the space
         in the word's own token ("Ġdog"), which a tokenizer that strips its input would lose.
         """
+        start = backbone.start_length  # [SOS] (CLIP) or nothing (T5) before the text
         x_ids = backbone.tokenize(["X"])
-        placeholder = int(x_ids[0, 1])
-        n_x = int(backbone.eot_index(x_ids)[0]) - 1
+        placeholder = int(x_ids[0, start])
+        n_x = int(backbone.eot_index(x_ids)[0]) - start
         keys = sorted({(piece.text, index > 0 and piece.text[:1].isspace())
                        for pieces in prompts for index, piece in enumerate(pieces) if piece.text is not None})
         frag_ids: dict[tuple[str, bool], list[int]] = {}
@@ -141,16 +142,16 @@ class PromptAssembler(nn.Module):
             tokens = backbone.tokenize([("X" + text) if after_slot else text for text, after_slot in keys])
             eots = backbone.eot_index(tokens)
             for key, row, eot in zip(keys, tokens, eots):
-                frag_ids[key] = row[1 + (n_x if key[1] else 0) : int(eot)].tolist()
+                frag_ids[key] = row[start + (n_x if key[1] else 0) : int(eot)].tolist()
         empty = backbone.tokenize([""])[0]
-        sos, eot_id = int(empty[0]), int(empty[backbone.eot_index(empty[None])[0]])
-        pad = int(empty[-1]) if empty.shape[0] > 2 else 0
+        head, eot_id = empty[:start].tolist(), int(empty[start])
+        pad = int(empty[-1]) if empty.shape[0] > start + 1 else 0
         length = empty.shape[0]
 
         rows: list[list[int]] = []
         positions: dict[str, list[list[int]]] = {name: [] for name in self.learned_lengths}
         for pieces in prompts:
-            row = [sos]
+            row = list(head)
             slot_pos: dict[str, list[int]] = {name: [] for name in self.learned_lengths}
             for index, piece in enumerate(pieces):
                 if piece.text is not None:

@@ -12,7 +12,7 @@ def word_embeddings(backbone: Backbone, words: str) -> torch.Tensor:
     ids = backbone.tokenize([words])
     eot = int(backbone.eot_index(ids)[0])
     with torch.no_grad():
-        return backbone.embed_tokens(ids[:, 1:eot])[0].detach().float().cpu().clone()
+        return backbone.embed_tokens(ids[:, backbone.start_length : eot])[0].detach().float().cpu().clone()
 
 
 def initial_context(
