@@ -49,7 +49,9 @@ def test_dfsp_forward_loss_and_missing_primitive(tiny_vit):
     torch.manual_seed(0)
     dfsp: DFSP = build_czsl_method("dfsp", tiny_vit, ATTRS, OBJS, PAIRS)
     n_tokens, width = image_token_count(tiny_vit)
-    assert dfsp.fusion.n_tokens == n_tokens + 1 and dfsp.fusion.txt2img_2.in_features == len(ATTRS) + len(OBJS)
+    seq = int(dfsp.prompt.assembler.eot_index[0]) + 1  # [SOS] a photo of [attr] [obj] [EOT]: truncated states
+    assert dfsp.decompose_level == "tokens" and seq == 7
+    assert dfsp.fusion.n_tokens == n_tokens + 1 and dfsp.fusion.txt2img_2.in_features == (len(ATTRS) + len(OBJS)) * seq
     # the current pairs leave attribute "wet" and object "car" without a pair: no NaN anywhere
     dfsp.set_pairs(torch.tensor([[0, 0], [2, 0]]))
     images = torch.randn(3, 3, *tiny_vit.image_size)
@@ -115,3 +117,21 @@ def test_dfsp_trains_with_the_engine(tiny_vit, mini, tmp_path):
     out = run_czsl(cfg, backbone=tiny_vit, cache=FeatureCache(tmp_path / "cache"))
     assert torch.isfinite(torch.tensor(out["train"]["loss"]))
     assert 0 <= out["results"]["closed/val"]["AUC"] <= 100
+
+
+def test_dfsp_token_states_pool_to_the_pair_features_and_decompose_per_token(tiny_vit):
+    """The token path is the text tower split in two: pooling the states gives the pair features; the
+    decomposition averages each token position over the pairs sharing an attribute / an object."""
+    torch.manual_seed(0)
+    dfsp: DFSP = build_czsl_method("dfsp", tiny_vit, ATTRS, OBJS, PAIRS).eval()
+    states, eot = dfsp.pair_token_states(PAIRS)
+    assert states.shape == (3, 7, tiny_vit.identity.width)
+    torch.testing.assert_close(tiny_vit.pool_text_states(states, eot), dfsp.pair_text_features(PAIRS), rtol=0, atol=1e-5)
+    prims = dfsp.decompose(states, PAIRS)  # attrs red, wet, old; objs apple, car
+    torch.testing.assert_close(prims[0], states[0])
+    torch.testing.assert_close(prims[3], (states[0] + states[2]) / 2)  # apple: pairs 0 and 2
+    torch.testing.assert_close(prims[4], states[1])
+    pooled: DFSP = build_czsl_method("dfsp", tiny_vit, ATTRS, OBJS, PAIRS, {"decompose": "pooled"})
+    assert pooled.decompose_level == "pooled" and pooled.fusion.txt2img_2.in_features == len(ATTRS) + len(OBJS)
+    with pytest.raises(Exception, match="decompose 'sideways' is not one of"):
+        build_czsl_method("dfsp", tiny_vit, ATTRS, OBJS, PAIRS, {"decompose": "sideways"})

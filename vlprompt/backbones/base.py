@@ -67,6 +67,15 @@ class Backbone(nn.Module):
     ) -> torch.Tensor:  # [N, D], not normalised
         raise NotImplementedError
 
+    def text_token_states(self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True) -> torch.Tensor:
+        """Last-layer token states ``[N, L, W]`` before the final norm (DFSP decomposes these);
+        `pool_text_states` of them equals `encode_text_embeds`. Optional for a backbone."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose text token states")
+
+    def pool_text_states(self, states: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        """``[N, L, W]`` token states -> ``[N, D]`` features (final norm, pooling, projection)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose text token states")
+
     def shared_prefix_unsupported(self) -> str | None:
         """Why `encode_text_embeds_shared` cannot run exactly on this tower (None: it can)."""
         return f"{type(self).__name__} has no shared-prefix text encoding"

@@ -41,13 +41,26 @@ def run_text_tower(
     With `truncate` (causal towers pooling at the EOT) the sequence is cut after the longest EOT:
     later positions never reach the pooled token through a causal mask, so the output is identical.
     """
+    return pool_text_states(tower, text_tower_states(tower, embeds, eot_index, truncate), eot_index)
+
+
+def text_tower_states(
+    tower: TextTowerParts, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool
+) -> torch.Tensor:
+    """The last block's token states ``[N, L', W]`` (before the final norm); L' is cut after the longest
+    EOT with `truncate` (exact for causal towers pooling at the EOT)."""
     cast = tower.transformer.get_cast_dtype()
     length = embeds.shape[1]
     if truncate and tower.pool_type in ("argmax", "eos"):
         length = int(eot_index.max()) + 1
     x = embeds[:, :length].to(tower.positional_embedding.device, cast) + tower.positional_embedding[:length].to(cast)
     mask = tower.attn_mask[:length, :length] if tower.attn_mask is not None else None
-    x = tower.ln_final(tower.transformer(x, attn_mask=mask))
+    return tower.transformer(x, attn_mask=mask)
+
+
+def pool_text_states(tower: TextTowerParts, states: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+    """Final norm, pooling and projection of token states: ``[N, L, W]`` -> ``[N, D]``."""
+    x = tower.ln_final(states)
     if tower.pool_type == "last":
         x = x[:, -1]
     else:
@@ -101,15 +114,24 @@ class OpenClipBackbone(Backbone):
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.token_embedding(ids.to(self.device))
 
-    def encode_text_embeds(
-        self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True
-    ) -> torch.Tensor:
+    @property
+    def text_tower(self) -> TextTowerParts:
         model = self.model
-        tower = TextTowerParts(
+        return TextTowerParts(
             model.transformer, model.positional_embedding, model.attn_mask, model.ln_final,
             model.text_projection, model.text_pool_type,
         )
-        return run_text_tower(tower, embeds, eot_index, truncate and self.causal)
+
+    def encode_text_embeds(
+        self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True
+    ) -> torch.Tensor:
+        return run_text_tower(self.text_tower, embeds, eot_index, truncate and self.causal)
+
+    def text_token_states(self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True) -> torch.Tensor:
+        return text_tower_states(self.text_tower, embeds, eot_index, truncate and self.causal)
+
+    def pool_text_states(self, states: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        return pool_text_states(self.text_tower, states, eot_index)
 
     def shared_prefix_unsupported(self) -> str | None:
         if self._shared_prefix_static is None:

@@ -169,6 +169,17 @@ class _SlotPrompt(nn.Module):
             vectors["ctx"] = ctx
         return self.assembler.encode(**vectors)[:, 0]
 
+    def token_states(
+        self, attr_vecs: torch.Tensor, obj_vecs: torch.Tensor, ctx: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last-layer token states ``[P, L, W]`` (before the final norm) and each prompt's EOT index."""
+        vectors = {"attr": attr_vecs[:, None, None, :], "obj": obj_vecs[:, None, None, :]}
+        if self.has_ctx:
+            vectors["ctx"] = ctx
+        embeds = self.assembler.assemble(**vectors)[:, 0]
+        eot = self.assembler.eot_index.repeat(len(embeds))
+        return self.assembler.backbone.text_token_states(embeds, eot), eot
+
 
 # -- zero-shot --------------------------------------------------------------------------------
 
@@ -251,6 +262,9 @@ class DFSPConfig(PairMethodConfig):
     sa_layers: int = 1  # self-attention blocks after the cross-attention (SA_K)
     fusion_dropout: float = 0.3
     empty_logit: float = -1e4  # decomposed logit of a primitive with no pair in the current set
+    # what is decomposed: "tokens" (the pairs' last-layer token states, as the official code), "pooled"
+    # (their pooled features), "auto" (tokens when the backbone exposes token states)
+    decompose: str = "auto"
 
 
 class _CrossBlock(nn.Module):
@@ -272,38 +286,40 @@ class _CrossBlock(nn.Module):
 class TextToImageFusion(nn.Module):
     """DFSP's ``txt2img`` fusion on what the Backbone interface exposes.
 
-    - decomposed primitive text features ``[A+O, D]`` -> ``txt2img_1`` (D -> W_img) -> ``txt2img_2``
-      (a linear over the A+O axis, -> T pseudo-tokens) -> dropout: pseudo-tokens ``[T, W_img]``
-      shared by all images, T = the backbone's image-token count + 1;
+    - decomposed primitive text ``[A+O, L, W_txt]`` (token states, L per prompt; or pooled features,
+      L = 1 and W_txt = D) -> ``txt2img_1`` (W_txt -> W_img) -> ``txt2img_2`` (a linear over the
+      (A+O)·L axis, -> T pseudo-tokens) -> dropout: pseudo-tokens ``[T, W_img]`` shared by all images,
+      T = the backbone's image-token count + 1;
     - image queries ``[B, T, W_img]``: a query made from the CLIP image feature (the CLS stand-in)
       followed by the backbone's image tokens; they cross-attend to the pseudo-tokens, then pass
       ``sa_layers`` self-attention blocks; the fused image feature is the first token mapped to D;
-    - text side: each pair's text feature passes a residual attention block (one-token sequence).
+    - text side: each pair's token states pass a residual attention block (not decomposed), then the
+      backbone's own final norm, pooling and projection (pooled mode: a one-token sequence).
 
-    Deviation from the official code (documented): DFSP decomposes last-layer *token* sequences
-    (L=8 per pair) before ln_final/projection; the Backbone interface yields pooled features, so the
-    decomposition runs on pooled pair features (L=1). The token count comes from the backbone.
+    Deviation from the official code (documented): the image side uses the backbone's image tokens
+    plus a query from the CLIP feature instead of the raw pre-ln_post ViT sequence.
     """
 
     def __init__(self, n_primitives: int, text_dim: int, n_img_tokens: int, img_width: int, sa_layers: int = 1,
-                 dropout: float = 0.3) -> None:
+                 dropout: float = 0.3, text_width: int | None = None, seq_len: int = 1) -> None:
         super().__init__()
+        text_width = text_width or text_dim
         self.n_tokens = n_img_tokens + 1
         heads = max(1, img_width // 64)
-        self.txt2img_1 = nn.Linear(text_dim, img_width)
-        self.txt2img_2 = nn.Linear(n_primitives, self.n_tokens)
+        self.txt2img_1 = nn.Linear(text_width, img_width)
+        self.txt2img_2 = nn.Linear(n_primitives * seq_len, self.n_tokens)
         self.drop = nn.Dropout(dropout)
         self.query = nn.Linear(text_dim, img_width)
         self.cross = _CrossBlock(img_width, heads)
         self.self_blocks = nn.ModuleList(_CrossBlock(img_width, heads, dropout) for _ in range(sa_layers))
         self.out_ln = nn.LayerNorm(img_width)
         self.out = nn.Linear(img_width, text_dim)
-        self.txt_block = _CrossBlock(text_dim, max(1, text_dim // 64), dropout)
+        self.txt_block = _CrossBlock(text_width, max(1, text_width // 64), dropout)
 
     def pseudo_tokens(self, primitives: torch.Tensor) -> torch.Tensor:
-        """``[A+O, D]`` -> ``[T, W_img]``."""
-        x = self.txt2img_1(primitives)  # [A+O, W]
-        return self.drop(self.txt2img_2(x.t()).t())  # linear over the primitive axis -> [T, W]
+        """``[A+O, D]`` or ``[A+O, L, W_txt]`` -> ``[T, W_img]``."""
+        x = self.txt2img_1(primitives).reshape(-1, self.txt2img_1.out_features)  # [(A+O)·L, W]
+        return self.drop(self.txt2img_2(x.t()).t())  # linear over the primitive(-token) axis -> [T, W]
 
     def fuse_image(self, clip_feat: torch.Tensor, tokens: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
         x = torch.cat([self.query(clip_feat)[:, None], tokens], dim=1)  # [B, T, W]
@@ -317,7 +333,10 @@ class TextToImageFusion(nn.Module):
         return self.out(self.out_ln(x[:, 0]))
 
     def fuse_text(self, text: torch.Tensor) -> torch.Tensor:
-        return self.txt_block(text[:, None])[:, 0]
+        """Pooled ``[P, D]`` -> ``[P, D]``, or token states ``[P, L, W_txt]`` -> ``[P, L, W_txt]``."""
+        if text.dim() == 2:
+            return self.txt_block(text[:, None])[:, 0]
+        return self.txt_block(text)
 
 
 @register_czsl_method("dfsp")
@@ -331,26 +350,63 @@ class DFSP(PairMethod):
         super().__init__(backbone, attrs, objs, pairs, config)
         if config.fusion not in ("txt2img", "none"):
             raise VLPromptError(f"dfsp: fusion {config.fusion!r} is not one of ['txt2img', 'none']")
+        if config.decompose not in ("auto", "tokens", "pooled"):
+            raise VLPromptError(f"dfsp: decompose {config.decompose!r} is not one of ['auto', 'tokens', 'pooled']")
         ctx = word_embeddings(backbone, config.ctx_init)
         self.ctx = nn.Parameter(ctx)
         self.vocab = nn.Parameter(mean_token_embeddings(backbone, self.attrs + self.objs))
         self.dropout = nn.Dropout(config.attr_dropout)
         self.prompt = _SlotPrompt(backbone, None, ctx.shape[0])
+        probe = self._probe_token_states()
+        if config.decompose == "tokens" and probe is None:
+            raise VLPromptError(f"dfsp: decompose 'tokens' needs text token states, which {type(backbone).__name__} "
+                                "does not expose; use decompose: pooled")
+        self.decompose_level = "tokens" if probe is not None and config.decompose != "pooled" else "pooled"
         self.fusion = None
         if config.fusion == "txt2img":
             n_tokens, width = image_token_count(backbone)
+            text_width, seq_len = (probe[2], probe[1]) if self.decompose_level == "tokens" else (None, 1)
             self.fusion = TextToImageFusion(len(self.attrs) + len(self.objs), backbone.identity.embed_dim,
-                                            n_tokens, width, config.sa_layers, config.fusion_dropout)
+                                            n_tokens, width, config.sa_layers, config.fusion_dropout,
+                                            text_width=text_width, seq_len=seq_len)
         self._aux: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def _probe_token_states(self) -> tuple[int, ...] | None:
+        """Shape ``(1, L, W)`` of one prompt's token states; None when the backbone has none."""
+        try:
+            states, _ = self.prompt.token_states(self.vocab[:1], self.vocab[:1], self.ctx)
+        except NotImplementedError:
+            return None
+        return tuple(states.shape)
 
     def pair_text_features(self, pairs: torch.Tensor) -> torch.Tensor:
         vocab = self.dropout(self.vocab)
         return self.prompt.encode(vocab[pairs[:, 0]], vocab[self.n_attrs + pairs[:, 1]], self.ctx)
 
+    def pair_token_states(self, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states ``[P, L, W]`` of the pairs' prompts and their EOT indices."""
+        vocab = self.dropout(self.vocab)
+        return self.prompt.token_states(vocab[pairs[:, 0]], vocab[self.n_attrs + pairs[:, 1]], self.ctx)
+
     def decompose(self, text: torch.Tensor, pairs: torch.Tensor, empty: float = 0.0) -> torch.Tensor:
         """Pair rows ``[P, ...]`` -> primitive rows ``[A+O, ...]``: mean over pairs sharing each."""
         groups = torch.cat([pairs[:, 0], self.n_attrs + pairs[:, 1]])
         return group_mean(torch.cat([text, text]), groups, len(self.attrs) + len(self.objs), empty=empty)
+
+    def _text_sides(self, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(pair features [P, D], what is decomposed, fused pair features [P, D] or None without fusion)."""
+        if self.decompose_level == "tokens":
+            states, eot = self.pair_token_states(pairs)
+            text = self.backbone.pool_text_states(states, eot).float()
+            if self.fusion is None:
+                return text, None, None
+            fused = self.backbone.pool_text_states(self.fusion.fuse_text(states), eot).float()
+            return text, states.float(), fused
+        text = self.pair_text_features(pairs).float()
+        if self.fusion is None:
+            return text, None, None
+        return text, text, self.fusion.fuse_text(text)
 
     def _image_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         images = batch["images"]
@@ -365,14 +421,14 @@ class DFSP(PairMethod):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         pairs = self.pair_index
-        text = self.pair_text_features(pairs).float()  # [P, D]
+        text, to_decompose, fused_text = self._text_sides(pairs)  # [P, D]
         clip_feat, tokens = self._image_inputs(batch)
         scale = self.backbone.logit_scale
         logits_sp = scale * F.normalize(clip_feat, dim=-1) @ F.normalize(text, dim=-1).t()
         if self.fusion is not None:
-            pseudo = self.fusion.pseudo_tokens(self.decompose(text, pairs))
+            pseudo = self.fusion.pseudo_tokens(self.decompose(to_decompose, pairs))
             img = self._mix(clip_feat, self.fusion.fuse_image(clip_feat, tokens, pseudo))
-            txt = self._mix(text, self.fusion.fuse_text(text))
+            txt = self._mix(text, fused_text)
             logits = scale * img @ txt.t()
         else:
             logits = logits_sp
@@ -396,12 +452,31 @@ class DFSP(PairMethod):
 
     @torch.no_grad()
     def prepare_eval(self, pairs: torch.Tensor) -> dict[str, Any]:
+        """Every candidate pair's features (raw and fused) and the pseudo-tokens, in chunks of
+        ``text_batch`` pairs: token states are decomposed through running sums, never all held at once."""
         pairs = pairs.to(self.pair_index.device)
-        text = self.chunked_text_features(pairs).float()
-        state: dict[str, Any] = {"pairs": pairs, "raw": text}
+        raw, fused, sums, counts = [], [], None, None
+        n_prim = len(self.attrs) + len(self.objs)
+        for i in range(0, len(pairs), self.config.text_batch):
+            chunk = pairs[i : i + self.config.text_batch]
+            text, to_decompose, fused_text = self._text_sides(chunk)
+            raw.append(text)
+            if self.fusion is not None:
+                fused.append(fused_text)
+                groups = torch.cat([chunk[:, 0], self.n_attrs + chunk[:, 1]])
+                values = torch.cat([to_decompose, to_decompose])
+                if sums is None:
+                    sums = values.new_zeros(n_prim, *values.shape[1:])
+                    counts = values.new_zeros(n_prim)
+                sums.index_add_(0, groups, values)
+                counts.index_add_(0, groups, torch.ones_like(groups, dtype=values.dtype))
+        state: dict[str, Any] = {"pairs": pairs, "raw": torch.cat(raw)}
         if self.fusion is not None:
             # decomposition over the candidate set of this phase (as the reference does)
-            state["pseudo"] = self.fusion.pseudo_tokens(self.decompose(text, pairs))
+            view = (n_prim,) + (1,) * (sums.dim() - 1)
+            primitives = torch.where(counts.view(view) > 0, sums / counts.clamp(min=1).view(view), torch.zeros_like(sums))
+            state["pseudo"] = self.fusion.pseudo_tokens(primitives)
+            state["fused"] = torch.cat(fused)
         return state
 
     @torch.no_grad()
@@ -416,7 +491,7 @@ class DFSP(PairMethod):
         text = state["raw"][cols]
         if self.fusion is None:
             return F.normalize(text, dim=-1)
-        return self._mix(text, self.fusion.fuse_text(text))
+        return self._mix(text, state["fused"][cols])
 
 
 def build_czsl_method(name: str, backbone: Backbone, attrs: Sequence[str], objs: Sequence[str], pairs: torch.Tensor,
