@@ -208,6 +208,18 @@ def test_few_shot_from_shards_is_seeded_and_extracts_the_same_pixels(tmp_path):
     assert (tmp_path / "a/splits/d/shot_2-seed_1.train.json").is_file()
     stamp = train[0].path.stat().st_mtime_ns
     assert draw(1, "a") == (train, val) and train[0].path.stat().st_mtime_ns == stamp  # re-read, not re-extracted
+    import vlprompt.data.webdataset_fewshot as wf
+
+    def no_pass(*args):
+        raise AssertionError("a rerun must not read the shards")
+
+    original, wf.read_wds_labels = wf.read_wds_labels, no_pass
+    try:
+        assert draw(1, "a") == (train, val)  # split files + extracted images: no pass over the shards
+    finally:
+        wf.read_wds_labels = original
+    train[0].path.unlink()  # an image lost since: the shards are read again and it is re-extracted
+    assert draw(1, "a") == (train, val) and train[0].path.is_file()
 
 
 def test_run_experiment_trains_on_wds_and_evaluates_the_stream(tiny_vit, tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from vlprompt.data.classification import ClassificationDataset, Item
-from vlprompt.data.fewshot import few_shot_split
+from vlprompt.data.fewshot import few_shot_split, read_split_file, read_split_meta, split_file_path
 from vlprompt.data.webdataset_reader import IMAGE_KEYS, WdsDataset, WdsInfo, decode_image, image_key, parse_label
 from vlprompt.errors import VLPromptError
 from vlprompt.paths import atomic_path
@@ -124,6 +124,24 @@ def extract_samples(items: Sequence[Item], records: Mapping[Path, WdsRecord]) ->
     return sum(len(wanted) for wanted in todo.values())
 
 
+def _resume(
+    dataset: WdsDataset, shots: int, seed: int, cache_dir: str | Path, image_dir: Path
+) -> tuple[list[Item], list[Item]] | None:
+    """(train, val) from split files written by an earlier run, if they and all their images are there."""
+    paths = [split_file_path(cache_dir, dataset.name, shots, seed, split) for split in ("train", "val")]
+    if not all(path.is_file() for path in paths):
+        return None
+    pools = ClassificationDataset(dataset.name, image_dir, dataset.classnames, dataset.template, {}, dataset.source)
+    for path in paths:  # same checks as few_shot_split (dataset, shots, seed)
+        meta = read_split_meta(path)
+        if (meta.get("dataset"), meta.get("shots"), meta.get("seed")) != (dataset.name, shots, seed):
+            return None
+    train, val = (read_split_file(path, pools.root) for path in paths)
+    if not all(item.path.is_file() for item in [*train, *val]):
+        return None
+    return train, val
+
+
 def wds_few_shot_split(
     dataset: WdsDataset, shots: int, seed: int, cache_dir: str | Path, image_dir: str | Path
 ) -> tuple[list[Item], list[Item]]:
@@ -135,6 +153,9 @@ def wds_few_shot_split(
     """
     image_dir = Path(image_dir)
     dataset.split("train")  # a clear error when there is no train split
+    resumed = _resume(dataset, shots, seed, cache_dir, image_dir)
+    if resumed is not None:  # a rerun or --resume: no pass over the shards at all
+        return resumed
     splits: dict[str, list[Item]] = {}
     records: dict[Path, WdsRecord] = {}
     for split in ("train", "val"):
