@@ -64,7 +64,8 @@ def test_dfsp_forward_loss_and_missing_primitive(tiny_vit):
     expected = stats["ce_pair"] + 0.01 * stats["ce_prim"] + 0.1 * stats["ce_sp"]
     assert stats["loss"] == pytest.approx(expected, rel=1e-5)
     loss.backward()
-    for name in ("ctx", "vocab", "fusion.txt2img_2.weight", "fusion.out.weight"):
+    assert dfsp.image_level == "tokens" and not hasattr(dfsp.fusion, "out")  # the tower's own head pools
+    for name in ("ctx", "vocab", "fusion.txt2img_2.weight", "fusion.cross.attn.in_proj_weight"):
         grad = dict(dfsp.named_parameters())[name].grad
         assert grad is not None and torch.isfinite(grad).all(), name
 
@@ -131,7 +132,14 @@ def test_dfsp_token_states_pool_to_the_pair_features_and_decompose_per_token(tin
     torch.testing.assert_close(prims[0], states[0])
     torch.testing.assert_close(prims[3], (states[0] + states[2]) / 2)  # apple: pairs 0 and 2
     torch.testing.assert_close(prims[4], states[1])
-    pooled: DFSP = build_czsl_method("dfsp", tiny_vit, ATTRS, OBJS, PAIRS, {"decompose": "pooled"})
+    images = torch.randn(2, 3, *tiny_vit.image_size)
+    with torch.no_grad():  # the image side too: the tower split in two
+        torch.testing.assert_close(tiny_vit.pool_image_states(tiny_vit.image_token_states(images)),
+                                   tiny_vit.encode_image(images), rtol=0, atol=1e-5)
+    pooled: DFSP = build_czsl_method("dfsp", tiny_vit, ATTRS, OBJS, PAIRS, {"decompose": "pooled", "image_side": "features"})
     assert pooled.decompose_level == "pooled" and pooled.fusion.txt2img_2.in_features == len(ATTRS) + len(OBJS)
+    assert pooled.image_level == "features" and hasattr(pooled.fusion, "out")
+    logits = pooled({"images": images, "labels": torch.tensor([0, 1])})
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all()
     with pytest.raises(Exception, match="decompose 'sideways' is not one of"):
         build_czsl_method("dfsp", tiny_vit, ATTRS, OBJS, PAIRS, {"decompose": "sideways"})

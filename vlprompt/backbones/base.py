@@ -76,6 +76,15 @@ class Backbone(nn.Module):
         """``[N, L, W]`` token states -> ``[N, D]`` features (final norm, pooling, projection)."""
         raise NotImplementedError(f"{type(self).__name__} does not expose text token states")
 
+    def image_token_states(self, images: torch.Tensor) -> torch.Tensor:
+        """The image tower's last-block sequence ``[B, 1 + T, W_img]`` (class token first, before the
+        final norm); `pool_image_states` of it equals `encode_image`. Optional for a backbone."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose image token states")
+
+    def pool_image_states(self, states: torch.Tensor) -> torch.Tensor:
+        """``[B, 1 + T, W_img]`` states -> ``[B, D]`` image features (the tower's own pooling, norm, projection)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose image token states")
+
     def shared_prefix_unsupported(self) -> str | None:
         """Why `encode_text_embeds_shared` cannot run exactly on this tower (None: it can)."""
         return f"{type(self).__name__} has no shared-prefix text encoding"

@@ -180,6 +180,17 @@ class OpenClipBackbone(Backbone):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(images.to(self.device, self.dtype))
 
+    def image_token_states(self, images: torch.Tensor) -> torch.Tensor:
+        visual = self.model.visual
+        if not (hasattr(visual, "_embeds") and hasattr(visual, "_pool")):
+            raise NotImplementedError(f"{self.identity.name}: image tower {type(visual).__name__} exposes no token states")
+        return visual.transformer(visual._embeds(images.to(self.device, self.dtype)))
+
+    def pool_image_states(self, states: torch.Tensor) -> torch.Tensor:
+        visual = self.model.visual
+        pooled, _ = visual._pool(states)
+        return pooled @ visual.proj if visual.proj is not None else pooled
+
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         visual = self.model.visual
         if not hasattr(visual, "output_tokens"):

@@ -72,6 +72,16 @@ def group_mean(values: torch.Tensor, groups: torch.Tensor, n_groups: int, dim: i
     return out.movedim(0, dim)
 
 
+def _exposes_image_states(backbone: Backbone) -> bool:
+    size = getattr(backbone, "image_size", (224, 224))
+    try:
+        with torch.no_grad():
+            backbone.image_token_states(torch.zeros(1, 3, *size, device=backbone.device, dtype=backbone.dtype))
+    except NotImplementedError:
+        return False
+    return True
+
+
 def image_token_count(backbone: Backbone) -> tuple[int, int]:
     """(tokens, width) of the backbone's image tokens, probed once with a blank image."""
     size = getattr(backbone, "image_size", (224, 224))
@@ -265,6 +275,10 @@ class DFSPConfig(PairMethodConfig):
     # what is decomposed: "tokens" (the pairs' last-layer token states, as the official code), "pooled"
     # (their pooled features), "auto" (tokens when the backbone exposes token states)
     decompose: str = "auto"
+    # image queries of the fusion: "tokens" (the image tower's last-block sequence, class token first,
+    # fused feature = the tower's own norm + pooling + projection, as the official code), "features"
+    # (a query from the CLIP feature + the output tokens, own output layers), "auto" (tokens when exposed)
+    image_side: str = "auto"
 
 
 class _CrossBlock(nn.Module):
@@ -296,24 +310,29 @@ class TextToImageFusion(nn.Module):
     - text side: each pair's token states pass a residual attention block (not decomposed), then the
       backbone's own final norm, pooling and projection (pooled mode: a one-token sequence).
 
-    Deviation from the official code (documented): the image side uses the backbone's image tokens
-    plus a query from the CLIP feature instead of the raw pre-ln_post ViT sequence.
+    With ``image_states`` (the official design) the queries are the image tower's own last-block
+    sequence (class token first) and the caller pools the fused sequence with the tower's final norm and
+    projection; otherwise a query made from the CLIP feature leads the output tokens and the fused
+    feature comes from this module's own output layers.
     """
 
     def __init__(self, n_primitives: int, text_dim: int, n_img_tokens: int, img_width: int, sa_layers: int = 1,
-                 dropout: float = 0.3, text_width: int | None = None, seq_len: int = 1) -> None:
+                 dropout: float = 0.3, text_width: int | None = None, seq_len: int = 1,
+                 image_states: bool = False) -> None:
         super().__init__()
         text_width = text_width or text_dim
         self.n_tokens = n_img_tokens + 1
+        self.image_states = image_states
         heads = max(1, img_width // 64)
         self.txt2img_1 = nn.Linear(text_width, img_width)
         self.txt2img_2 = nn.Linear(n_primitives * seq_len, self.n_tokens)
         self.drop = nn.Dropout(dropout)
-        self.query = nn.Linear(text_dim, img_width)
         self.cross = _CrossBlock(img_width, heads)
         self.self_blocks = nn.ModuleList(_CrossBlock(img_width, heads, dropout) for _ in range(sa_layers))
-        self.out_ln = nn.LayerNorm(img_width)
-        self.out = nn.Linear(img_width, text_dim)
+        if not image_states:
+            self.query = nn.Linear(text_dim, img_width)
+            self.out_ln = nn.LayerNorm(img_width)
+            self.out = nn.Linear(img_width, text_dim)
         self.txt_block = _CrossBlock(text_width, max(1, text_width // 64), dropout)
 
     def pseudo_tokens(self, primitives: torch.Tensor) -> torch.Tensor:
@@ -322,7 +341,9 @@ class TextToImageFusion(nn.Module):
         return self.drop(self.txt2img_2(x.t()).t())  # linear over the primitive(-token) axis -> [T, W]
 
     def fuse_image(self, clip_feat: torch.Tensor, tokens: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([self.query(clip_feat)[:, None], tokens], dim=1)  # [B, T, W]
+        """Image states ``[B, T, W]`` (`image_states`: the fused sequence, to be pooled by the caller) or
+        output tokens ``[B, T-1, W]`` (the fused feature ``[B, D]``) cross-attending to the pseudo-tokens."""
+        x = tokens if self.image_states else torch.cat([self.query(clip_feat)[:, None], tokens], dim=1)
         if x.shape[1] != pseudo.shape[0]:
             raise VLPromptError(f"dfsp fusion: {x.shape[1]} image tokens but {pseudo.shape[0]} pseudo-tokens "
                                 "(image size differs from the one the fusion was built for)")
@@ -330,7 +351,7 @@ class TextToImageFusion(nn.Module):
         x = self.cross(x, y)
         for block in self.self_blocks:
             x = block(x)
-        return self.out(self.out_ln(x[:, 0]))
+        return x if self.image_states else self.out(self.out_ln(x[:, 0]))
 
     def fuse_text(self, text: torch.Tensor) -> torch.Tensor:
         """Pooled ``[P, D]`` -> ``[P, D]``, or token states ``[P, L, W_txt]`` -> ``[P, L, W_txt]``."""
@@ -352,6 +373,8 @@ class DFSP(PairMethod):
             raise VLPromptError(f"dfsp: fusion {config.fusion!r} is not one of ['txt2img', 'none']")
         if config.decompose not in ("auto", "tokens", "pooled"):
             raise VLPromptError(f"dfsp: decompose {config.decompose!r} is not one of ['auto', 'tokens', 'pooled']")
+        if config.image_side not in ("auto", "tokens", "features"):
+            raise VLPromptError(f"dfsp: image_side {config.image_side!r} is not one of ['auto', 'tokens', 'features']")
         ctx = word_embeddings(backbone, config.ctx_init)
         self.ctx = nn.Parameter(ctx)
         self.vocab = nn.Parameter(mean_token_embeddings(backbone, self.attrs + self.objs))
@@ -363,12 +386,19 @@ class DFSP(PairMethod):
                                 "does not expose; use decompose: pooled")
         self.decompose_level = "tokens" if probe is not None and config.decompose != "pooled" else "pooled"
         self.fusion = None
+        self.image_level = "features"
         if config.fusion == "txt2img":
             n_tokens, width = image_token_count(backbone)
+            has_states = _exposes_image_states(backbone)
+            if config.image_side == "tokens" and not has_states:
+                raise VLPromptError(f"dfsp: image_side 'tokens' needs image token states, which "
+                                    f"{type(backbone).__name__} does not expose; use image_side: features")
+            self.image_level = "tokens" if has_states and config.image_side != "features" else "features"
             text_width, seq_len = (probe[2], probe[1]) if self.decompose_level == "tokens" else (None, 1)
             self.fusion = TextToImageFusion(len(self.attrs) + len(self.objs), backbone.identity.embed_dim,
                                             n_tokens, width, config.sa_layers, config.fusion_dropout,
-                                            text_width=text_width, seq_len=seq_len)
+                                            text_width=text_width, seq_len=seq_len,
+                                            image_states=self.image_level == "tokens")
         self._aux: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
@@ -409,11 +439,21 @@ class DFSP(PairMethod):
         return text, text, self.fusion.fuse_text(text)
 
     def _image_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(CLIP image features [B, D], what the fusion takes: image states or output tokens, or None)."""
         images = batch["images"]
         with torch.no_grad():
+            if self.image_level == "tokens":  # one pass: the states, pooled by the tower's own head
+                states = self.backbone.image_token_states(images).float()
+                return self.backbone.pool_image_states(states).float(), states
             clip_feat = self.backbone.encode_image(images).float()
             tokens = self.backbone.image_tokens(images).float() if self.fusion is not None else None
         return clip_feat, tokens
+
+    def _fused_image(self, clip_feat: torch.Tensor, tokens: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
+        fused = self.fusion.fuse_image(clip_feat, tokens, pseudo)
+        if self.image_level == "tokens":  # the tower's final norm, pooling and projection of the fused sequence
+            fused = self.backbone.pool_image_states(fused).float()
+        return self._mix(clip_feat, fused)
 
     def _mix(self, clip: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
         w = self.config.res_w
@@ -427,7 +467,7 @@ class DFSP(PairMethod):
         logits_sp = scale * F.normalize(clip_feat, dim=-1) @ F.normalize(text, dim=-1).t()
         if self.fusion is not None:
             pseudo = self.fusion.pseudo_tokens(self.decompose(to_decompose, pairs))
-            img = self._mix(clip_feat, self.fusion.fuse_image(clip_feat, tokens, pseudo))
+            img = self._fused_image(clip_feat, tokens, pseudo)
             txt = self._mix(text, fused_text)
             logits = scale * img @ txt.t()
         else:
@@ -484,7 +524,7 @@ class DFSP(PairMethod):
         clip_feat, tokens = self._image_inputs(batch)
         if self.fusion is None:
             return F.normalize(clip_feat, dim=-1)
-        return self._mix(clip_feat, self.fusion.fuse_image(clip_feat, tokens, state["pseudo"]))
+        return self._fused_image(clip_feat, tokens, state["pseudo"])
 
     @torch.no_grad()
     def eval_text_features(self, state: dict[str, Any], cols: slice) -> torch.Tensor:
