@@ -7,8 +7,9 @@ import torch
 
 from vlprompt.cli import main
 from vlprompt.czsl.data import CZSLDataset
+from vlprompt.czsl.dfsp import DFSP, image_token_count
 from vlprompt.czsl.evaluate import EvalOptions, evaluate_phase, image_features, stream_scores
-from vlprompt.czsl.methods import DFSP, build_czsl_method, group_mean, image_token_count, mean_token_embeddings
+from vlprompt.czsl.methods import build_czsl_method, group_mean, mean_token_embeddings
 from vlprompt.czsl.metrics import dense_metrics
 from vlprompt.czsl.synthetic import write_miniature
 from vlprompt.czsl.train import run_czsl
