@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
+from typing import Any
+
+from vlprompt.errors import VLPromptError
 
 CACHE_ENV = "VLPROMPT_CACHE"
 
@@ -59,3 +63,12 @@ def config_root() -> Path:
     if (SOURCE_ROOT / "pyproject.toml").is_file() and (SOURCE_ROOT / "configs").is_dir():
         return SOURCE_ROOT / "configs"
     return Path(str(resources.files("vlprompt") / PACKAGED_CONFIGS))
+
+
+def read_json(path: str | os.PathLike, what: str = "") -> Any:
+    """The JSON in `path`; a malformed file is one clear error naming it (`what` says what the file is)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise VLPromptError(f"{what + ' ' if what else ''}{path} is not valid JSON: {error}") from None

@@ -13,7 +13,6 @@ Soft prompts run through each text tower exactly as its own ``get_text_features`
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from vlprompt.backbones.base import Backbone, BackboneIdentity
 from vlprompt.backbones.registry import BACKBONE_SOURCES
 from vlprompt.backbones.weights import file_sha256
 from vlprompt.errors import VLPromptError
+from vlprompt.paths import read_json
 
 SUPPORTED_MODEL_TYPES = ("clip", "siglip")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -194,10 +194,7 @@ def _preprocess_cfg(folder: Path | None, model: nn.Module) -> dict:
     }
     path = folder / "preprocessor_config.json" if folder is not None else None
     if path is not None and path.is_file():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise VLPromptError(f"{path} is not valid JSON: {error}") from None
+        data = read_json(path)
         if data.get("image_mean"):
             cfg["mean"] = tuple(float(v) for v in data["image_mean"])
         if data.get("image_std"):

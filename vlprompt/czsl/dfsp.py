@@ -26,21 +26,25 @@ from vlprompt.errors import VLPromptError
 from vlprompt.prompts.context import word_embeddings
 
 
-def _exposes_image_states(backbone: Backbone) -> bool:
+def _blank_image(backbone: Backbone) -> torch.Tensor:
     size = getattr(backbone, "image_size", (224, 224))
+    return torch.zeros(1, 3, *size, device=backbone.device, dtype=backbone.dtype)
+
+
+def image_probe(backbone: Backbone) -> tuple[int, int, bool]:
+    """(output tokens, width, whether the tower exposes its token states), from one blank-image pass."""
     try:
         with torch.no_grad():
-            backbone.image_token_states(torch.zeros(1, 3, *size, device=backbone.device, dtype=backbone.dtype))
+            states = backbone.image_token_states(_blank_image(backbone))  # [1, 1 + T, W]: class token first
     except NotImplementedError:
-        return False
-    return True
+        return (*image_token_count(backbone), False)
+    return int(states.shape[1]) - 1, int(states.shape[2]), True
 
 
 def image_token_count(backbone: Backbone) -> tuple[int, int]:
     """(tokens, width) of the backbone's image tokens, probed once with a blank image."""
-    size = getattr(backbone, "image_size", (224, 224))
     with torch.no_grad():
-        tokens = backbone.image_tokens(torch.zeros(1, 3, *size, device=backbone.device, dtype=backbone.dtype))
+        tokens = backbone.image_tokens(_blank_image(backbone))
     return int(tokens.shape[1]), int(tokens.shape[2])
 
 
@@ -171,8 +175,7 @@ class DFSP(PairMethod):
         self.fusion = None
         self.image_level = "features"
         if config.fusion == "txt2img":
-            n_tokens, width = image_token_count(backbone)
-            has_states = _exposes_image_states(backbone)
+            n_tokens, width, has_states = image_probe(backbone)
             if config.image_side == "tokens" and not has_states:
                 raise VLPromptError(f"dfsp: image_side 'tokens' needs image token states, which "
                                     f"{type(backbone).__name__} does not expose; use image_side: features")

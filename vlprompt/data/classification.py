@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ from torch.utils.data import Dataset
 
 from vlprompt.data.images import load_image
 from vlprompt.errors import VLPromptError
+from vlprompt.paths import read_json
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -103,10 +103,7 @@ def read_coop_split(
         raise VLPromptError(f"dataset {name!r}: image folder not found: {image_dir}")
     if not split_file.is_file():
         raise VLPromptError(f"dataset {name!r}: split file not found: {split_file}")
-    try:
-        data = json.loads(split_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise VLPromptError(f"split file {split_file} is not valid JSON: {error}") from None
+    data = read_json(split_file, "split file")
     if not isinstance(data, dict) or not data:
         raise VLPromptError(
             f"split file {split_file}: expected an object with splits {', '.join(SPLIT_NAMES)}, got {type(data).__name__}"

@@ -20,7 +20,7 @@ from typing import Any
 
 from vlprompt.data.classification import ClassificationDataset, Item, parse_split_entry
 from vlprompt.errors import VLPromptError
-from vlprompt.paths import atomic_path
+from vlprompt.paths import atomic_path, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -120,10 +120,7 @@ def read_split_meta(path: str | Path) -> dict[str, Any]:
 def _load_split_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise VLPromptError(f"split file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise VLPromptError(f"split file {path} is not valid JSON: {error}") from None
+    data = read_json(path, "split file")
     if not isinstance(data, dict) or not isinstance(data.get("items"), list) or not isinstance(data.get("meta"), dict):
         raise VLPromptError(f"split file {path}: expected an object with 'version', 'meta' and 'items'")
     if data.get("version") != SPLIT_FILE_VERSION:

@@ -32,7 +32,7 @@ from vlprompt.backbones.base import Backbone
 from vlprompt.backbones.weights import file_sha256 as weights_file_sha256
 from vlprompt.errors import VLPromptError
 from vlprompt.methods.base import PromptMethod, build_method
-from vlprompt.paths import atomic_path
+from vlprompt.paths import atomic_path, read_json
 
 FORMAT_VERSION = 2
 HEADER_KEY = "vlprompt_config"  # safetensors header metadata key holding the JSON config
@@ -198,10 +198,7 @@ def read_prompt_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON config: the ``.json`` beside the tensors, else the one in the safetensors header."""
     tensors_path, config_path = prompt_files(path)
     if config_path.is_file():
-        try:
-            return json.loads(config_path.read_text())
-        except json.JSONDecodeError as error:
-            raise VLPromptError(f"prompt metadata {config_path} is not valid JSON: {error}") from None
+        return read_json(config_path, "prompt metadata")
     if tensors_path.is_file():
         meta = _header_meta(tensors_path)
         if meta is not None:

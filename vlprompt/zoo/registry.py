@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt.errors import VLPromptError
-from vlprompt.paths import atomic_path, cache_dir
+from vlprompt.paths import atomic_path, cache_dir, read_json
 from vlprompt.zoo.download import (
     DownloadError,
     copy_verified,
@@ -102,12 +102,9 @@ class ZooEntry:
 
 def read_registry_file(path: str | os.PathLike) -> list[ZooEntry]:
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise VLPromptError(f"zoo registry not found: {path}") from None
-    except json.JSONDecodeError as error:
-        raise VLPromptError(f"zoo registry {path} is not valid JSON: {error}") from None
+    if not path.is_file():
+        raise VLPromptError(f"zoo registry not found: {path}")
+    data = read_json(path, "zoo registry")
     entries = data.get("entries") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         raise VLPromptError(f"zoo registry {path}: expected {{'format_version': 1, 'entries': [...]}}")

@@ -12,19 +12,15 @@ Sources (attribution):
 
 from __future__ import annotations
 
+from vlprompt.prompts.templates import IMAGENET_SELECT_7
+
 LASP_35: tuple[str, ...] = (
     "a photo of a {}, a type of flower.",
     "a photo of a person doing {}.",
     "a centered satellite photo of {}.",
     "a photo of a {}, a type of aircraft.",
     "{} texture.",
-    "itap of a {}.",
-    "a bad photo of the {}.",
-    "a origami {}.",
-    "a photo of the large {}.",
-    "a {} in a video game.",
-    "art of the {}.",
-    "a photo of the small {}.",
+    *IMAGENET_SELECT_7,  # CoOp's IMAGENET_TEMPLATES_SELECT, in its order
     "a photo of a {}.",
     "a photo of many {}.",
     "a photo of the hard to see {}.",
