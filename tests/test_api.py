@@ -79,18 +79,24 @@ def test_linear_probe_and_zero_shot_need_no_trainer(tiny_vit, colour_folder, tmp
     assert "prompt" not in zero and zero["metrics"]["all"]["n_images"] == 16
 
 
-def test_config_errors_name_the_key(tiny_vit, colour_folder, tmp_path):
-    bad_train_key = _config(colour_folder, tmp_path / "e1", {"name": "coop"}, {"shots": 1}, epoch=3)
+def test_config_errors_name_the_key_when_loaded(tmp_path):
+    """Typos fail when the config is built: before any backbone, dataset or file is touched."""
     with pytest.raises(VLPromptError, match="Did you mean 'epochs'"):
-        api.run_experiment(bad_train_key, backbone=tiny_vit)
-    bad_method_key = _config(colour_folder, tmp_path / "e2", {"name": "coop", "nctx": 2}, {"shots": 1})
+        _config("world_shapes", tmp_path / "e1", {"name": "coop"}, {"shots": 1}, epoch=3)
     with pytest.raises(VLPromptError, match="Did you mean 'n_ctx'"):
-        api.run_experiment(bad_method_key, backbone=tiny_vit)
-    bad_protocol = _config(colour_folder, tmp_path / "e3", {"name": "coop"}, {"name": "fewshot"})
-    with pytest.raises(VLPromptError, match="unknown protocol"):
-        api.run_experiment(bad_protocol, backbone=tiny_vit)
+        _config("world_shapes", tmp_path / "e2", {"name": "coop", "nctx": 2}, {"shots": 1})
+    with pytest.raises(VLPromptError, match="unknown protocol 'fewshot'. Did you mean 'few-shot'"):
+        _config("world_shapes", tmp_path / "e3", {"name": "coop"}, {"name": "fewshot"})
     with pytest.raises(VLPromptError, match="Did you mean 'protocol'"):
         ExperimentConfig.load(None, ["protocl.shots=3"])
+    with pytest.raises(VLPromptError, match="lr must be float, got str 'abc'"):
+        ExperimentConfig.load(None, ["train.lr=abc"])
+    with pytest.raises(VLPromptError, match="unknown method 'copo'. Did you mean 'coop'"):
+        ExperimentConfig.load(None, ["method.name=copo"])
+    with pytest.raises(VLPromptError, match="does not do czsl"):
+        ExperimentConfig.load(None, ["task=czsl", "method.name=lasp"])
+    assert ExperimentConfig.load(None, ["train.lr=2e-3"]).train.lr == 0.002  # YAML 1.2 numbers
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 def test_virtual_classes_new_are_the_new_half_and_recorded(tiny_vit, colour_folder, tmp_path):

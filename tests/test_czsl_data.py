@@ -82,14 +82,9 @@ def test_dataset_configs_load(name):
 @pytest.mark.parametrize("name", ["mit-states_csp", "mit-states_dfsp", "ut-zappos_dfsp", "cgqa_csp", "cgqa_dfsp",
                                   "ut-zappos_csp", "cgqa_zero-shot", "world"])
 def test_experiment_configs_are_valid(name):
-    from vlprompt.czsl.methods import CZSL_METHODS
-    from vlprompt.czsl.train import CZSLDatasetSection, CZSLEvalSection, _section, load_czsl_config
-    from vlprompt.engine.trainer import TrainConfig
+    from vlprompt.config import ExperimentConfig
+    from vlprompt.tasks.czsl import CZSLDatasetSection, CZSLEvalSection
 
-    cfg = load_czsl_config(f"czsl/{name}.yaml")
-    _section(CZSLDatasetSection, cfg["dataset"], "dataset")
-    _section(CZSLEvalSection, cfg.get("eval"), "eval")
-    TrainConfig.from_dict(cfg.get("train"))
-    method = dict(cfg["method"])
-    cls = CZSL_METHODS.get(method.pop("name"))
-    cls.config_class.from_dict(method)
+    config = ExperimentConfig.load(f"czsl/{name}.yaml")  # every section checked when loaded
+    assert config.task == "czsl"
+    assert isinstance(config.dataset, CZSLDatasetSection) and isinstance(config.eval, CZSLEvalSection)

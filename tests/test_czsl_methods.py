@@ -6,16 +6,22 @@ import pytest
 import torch
 
 from vlprompt.cli import main
+from vlprompt.config import ExperimentConfig
 from vlprompt.czsl.data import CZSLDataset
-from vlprompt.czsl.dfsp import DFSP, image_token_count
 from vlprompt.czsl.evaluate import EvalOptions, evaluate_phase, image_features, stream_scores
-from vlprompt.czsl.methods import build_czsl_method, group_mean, mean_token_embeddings
 from vlprompt.czsl.metrics import dense_metrics
 from vlprompt.czsl.synthetic import write_miniature
-from vlprompt.czsl.train import run_czsl
 from vlprompt.engine.cache import FeatureCache
+from vlprompt.methods import PairLabels, build_method
+from vlprompt.methods.dfsp import DFSP, image_token_count
+from vlprompt.methods.pairs import group_mean, mean_token_embeddings
+from vlprompt.tasks.runner import run_experiment
 
 ATTRS, OBJS = ["red", "wet", "old"], ["apple", "car"]
+
+
+def run_czsl(cfg: dict, output_dir: str, **kwargs) -> dict:
+    return run_experiment(ExperimentConfig.from_dict({"task": "czsl", **cfg, "output_dir": output_dir}), **kwargs)
 PAIRS = torch.tensor([[0, 0], [1, 1], [2, 0]])
 
 
@@ -30,10 +36,10 @@ def test_group_mean_vectorised_and_nan_free():
 
 
 def test_zero_shot_and_csp_prompts_match_the_text_tower(tiny_vit):
-    zs = build_czsl_method("zero-shot", tiny_vit, ATTRS, OBJS, PAIRS)
+    zs = build_method("zero-shot", tiny_vit, PairLabels.create(ATTRS, OBJS, PAIRS))
     ref = tiny_vit.encode_text(["a photo of red apple", "a photo of wet car", "a photo of old apple"])
     assert torch.allclose(zs.pair_text_features(PAIRS), ref, atol=1e-5)
-    csp = build_czsl_method("csp", tiny_vit, ATTRS, OBJS, PAIRS).eval()
+    csp = build_method("csp", tiny_vit, PairLabels.create(ATTRS, OBJS, PAIRS)).eval()
     # single-token words: CSP's mean-BPE init is the word's embedding, so the prompt equals the text
     assert torch.allclose(csp.pair_text_features(PAIRS), ref, atol=1e-5)
     vocab = mean_token_embeddings(tiny_vit, ["Faux.Fur"])
@@ -41,14 +47,14 @@ def test_zero_shot_and_csp_prompts_match_the_text_tower(tiny_vit):
     emb = tiny_vit.embed_tokens(ids[None])[0, 1 : int(tiny_vit.eot_index(ids[None])[0])]
     assert torch.allclose(vocab[0], emb.mean(0), atol=1e-6)
     assert [n for n, p in csp.named_parameters() if p.requires_grad] == ["vocab"]
-    coop = build_czsl_method("coop", tiny_vit, ATTRS, OBJS, PAIRS).eval()
+    coop = build_method("coop", tiny_vit, PairLabels.create(ATTRS, OBJS, PAIRS)).eval()
     assert [n for n, p in coop.named_parameters() if p.requires_grad] == ["ctx"]
     assert torch.allclose(coop.pair_text_features(PAIRS), ref, atol=1e-5)  # ctx starts at "a photo of"
 
 
 def test_dfsp_forward_loss_and_missing_primitive(tiny_vit):
     torch.manual_seed(0)
-    dfsp: DFSP = build_czsl_method("dfsp", tiny_vit, ATTRS, OBJS, PAIRS)
+    dfsp: DFSP = build_method("dfsp", tiny_vit, PairLabels.create(ATTRS, OBJS, PAIRS))
     n_tokens, width = image_token_count(tiny_vit)
     seq = int(dfsp.prompt.assembler.eot_index[0]) + 1  # [SOS] a photo of [attr] [obj] [EOT]: truncated states
     assert dfsp.decompose_level == "tokens" and seq == 7
@@ -80,7 +86,7 @@ def mini(tmp_path_factory):
 def test_streamed_evaluation_equals_dense_protocol(tiny_vit, mini, name, tmp_path):
     torch.manual_seed(0)
     ds = CZSLDataset.load(mini)
-    method = build_czsl_method(name, tiny_vit, ds.attrs, ds.objs, ds.train_pair_index).eval()
+    method = build_method(name, tiny_vit, PairLabels.create(ds.attrs, ds.objs, ds.train_pair_index)).eval()
     options = EvalOptions(pair_chunk=5, k=3)
     cache = FeatureCache(tmp_path / "cache")
     result = evaluate_phase(method, ds, "test", options, cache=cache)
@@ -99,13 +105,13 @@ def test_training_with_the_engine_then_open_world(tiny_vit, mini, tmp_path):
            "train": {"optimizer": "adam", "lr": 1e-2, "epochs": 2, "batch_size": 4, "warmup_epochs": 0,
                      "device": "cpu", "progress": False},
            "eval": {"phases": ["test"], "worlds": ["closed", "open"], "feasibility": "backbone", "threshold_trials": 5}}
-    out = run_czsl(cfg, backbone=tiny_vit, cache=FeatureCache(tmp_path / "cache"), output_dir=str(tmp_path / "run"))
-    assert out["train"]["epoch"] == 2 and "loss" in out["train"]
-    assert set(out["results"]) == {"closed/test", "open/val", "open/test"}
-    assert "threshold" in out["results"]["open/test"]
-    assert (tmp_path / "run" / "czsl_results.json").is_file()
+    out = run_czsl(cfg, str(tmp_path / "run"), backbone=tiny_vit, cache=FeatureCache(tmp_path / "cache"))
+    assert out["training"]["train"]["epoch"] == 2 and "loss" in out["training"]["train"]
+    assert set(out["metrics"]) == {"closed/test", "open/val", "open/test"}
+    assert "threshold" in out["metrics"]["open/test"]
+    assert (tmp_path / "run" / "experiment.json").is_file()
     # the saved prompt evaluates through the CLI
-    code = main(["czsl", "eval", "--root", str(mini), "--prompt", str(tmp_path / "run" / "czsl_prompt.pt"),
+    code = main(["czsl", "eval", "--root", str(mini), "--prompt", str(tmp_path / "run" / "prompt.safetensors"),
                  "backbone.name=vlprompt-test-vit", "backbone.pretrained=none", "method.name=csp"])
     assert code == 0
 
@@ -116,16 +122,16 @@ def test_dfsp_trains_with_the_engine(tiny_vit, mini, tmp_path):
            "train": {"optimizer": "adam", "lr": 1e-3, "epochs": 1, "batch_size": 6, "warmup_epochs": 0,
                      "schedule": "step3", "device": "cpu", "progress": False},
            "eval": {"phases": ["val"], "worlds": ["closed"]}}
-    out = run_czsl(cfg, backbone=tiny_vit, cache=FeatureCache(tmp_path / "cache"))
-    assert torch.isfinite(torch.tensor(out["train"]["loss"]))
-    assert 0 <= out["results"]["closed/val"]["AUC"] <= 100
+    out = run_czsl(cfg, str(tmp_path / "run"), backbone=tiny_vit, cache=FeatureCache(tmp_path / "cache"))
+    assert torch.isfinite(torch.tensor(out["training"]["train"]["loss"]))
+    assert 0 <= out["metrics"]["closed/val"]["AUC"] <= 100
 
 
 def test_dfsp_token_states_pool_to_the_pair_features_and_decompose_per_token(tiny_vit):
     """The token path is the text tower split in two: pooling the states gives the pair features; the
     decomposition averages each token position over the pairs sharing an attribute / an object."""
     torch.manual_seed(0)
-    dfsp: DFSP = build_czsl_method("dfsp", tiny_vit, ATTRS, OBJS, PAIRS).eval()
+    dfsp: DFSP = build_method("dfsp", tiny_vit, PairLabels.create(ATTRS, OBJS, PAIRS)).eval()
     states, eot = dfsp.pair_token_states(PAIRS)
     assert states.shape == (3, 7, tiny_vit.identity.width)
     torch.testing.assert_close(tiny_vit.pool_text_states(states, eot), dfsp.pair_text_features(PAIRS), rtol=0, atol=1e-5)
@@ -137,10 +143,11 @@ def test_dfsp_token_states_pool_to_the_pair_features_and_decompose_per_token(tin
     with torch.no_grad():  # the image side too: the tower split in two
         torch.testing.assert_close(tiny_vit.pool_image_states(tiny_vit.image_token_states(images)),
                                    tiny_vit.encode_image(images), rtol=0, atol=1e-5)
-    pooled: DFSP = build_czsl_method("dfsp", tiny_vit, ATTRS, OBJS, PAIRS, {"decompose": "pooled", "image_side": "features"})
+    labels = PairLabels.create(ATTRS, OBJS, PAIRS)
+    pooled: DFSP = build_method("dfsp", tiny_vit, labels, {"decompose": "pooled", "image_side": "features"})
     assert pooled.decompose_level == "pooled" and pooled.fusion.txt2img_2.in_features == len(ATTRS) + len(OBJS)
     assert pooled.image_level == "features" and hasattr(pooled.fusion, "out")
     logits = pooled({"images": images, "labels": torch.tensor([0, 1])})
     assert logits.shape == (2, 3) and torch.isfinite(logits).all()
     with pytest.raises(Exception, match="decompose 'sideways' is not one of"):
-        build_czsl_method("dfsp", tiny_vit, ATTRS, OBJS, PAIRS, {"decompose": "sideways"})
+        build_method("dfsp", tiny_vit, PairLabels.create(ATTRS, OBJS, PAIRS), {"decompose": "sideways"})

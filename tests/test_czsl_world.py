@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from vlprompt import api
-from vlprompt.czsl.train import load_czsl_config, run_czsl
+from vlprompt.config import ExperimentConfig
 from vlprompt.embedded.export import write_world_datasets
 
 ROOT_NAME = "world_czsl"
@@ -24,21 +24,22 @@ def world_czsl(tmp_path_factory):
     return api.load_backbone("vlprompt-tiny", "world"), root
 
 
-def _run(backbone, root, method: str, extra: list[str], out=None) -> dict:
-    config = load_czsl_config("configs/czsl/world.yaml",
-                              [f"method.name={method}", "eval.worlds=[closed]", "eval.phases=[test]", *extra])
-    return run_czsl(config, root=str(root), backbone=backbone, output_dir=out)
+def _run(backbone, root, method: str, extra: list[str], out) -> dict:
+    config = ExperimentConfig.load("configs/czsl/world.yaml",
+                                   [f"method.name={method}", "eval.worlds=[closed]", "eval.phases=[test]",
+                                    f"dataset.root={root}", f"output_dir={out}", *extra])
+    return api.run_experiment(config, backbone=backbone)
 
 
 def test_short_csp_beats_zero_shot_on_world_czsl(world_czsl, tmp_path, monkeypatch):
     monkeypatch.setenv("VLPROMPT_CACHE", str(tmp_path / "cache"))
     backbone, root = world_czsl
-    zero = _run(backbone, root, "zero-shot", [])
+    zero = _run(backbone, root, "zero-shot", [], tmp_path / "zero")
     assert zero["dataset_summary"]["train_pairs"] == 60 and zero["dataset_summary"]["pairs"] == 100
-    z = zero["results"]["closed/test"]
+    z = zero["metrics"]["closed/test"]
     assert 20 <= z["AUC"] <= 60, z  # room to improve, well above chance
-    csp = _run(backbone, root, "csp", ["train.epochs=3", "train.seed=1"])
-    c = csp["results"]["closed/test"]
-    assert csp["train"]["epoch"] == 3
+    csp = _run(backbone, root, "csp", ["train.epochs=3", "train.seed=1"], tmp_path / "csp")
+    c = csp["metrics"]["closed/test"]
+    assert csp["training"]["train"]["epoch"] == 3
     assert c["AUC"] > z["AUC"] + 2.0, f"CSP AUC {c['AUC']:.2f} vs zero-shot {z['AUC']:.2f}"
     assert c["best_hm"] > z["best_hm"], (c, z)

@@ -93,7 +93,7 @@ def test_linear_probe_fits_separable_features(tiny_vit):
     labels = torch.arange(4).repeat(10)
     feats = F.normalize(centers[labels] + 0.05 * torch.randn(40, 32), dim=-1)
     probe = build_method("linear-probe", tiny_vit, NAMES, {})
-    info = probe.fit(feats, labels, feats, labels)
+    info = probe.fit_features(feats, labels, feats, labels)
     assert info["val_acc"] == 100.0
     assert (probe({"features": feats}).argmax(-1) == labels).all()
     with pytest.raises(VLPromptError):

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from vlprompt.backbones import create_backbone
 from vlprompt.backbones.custom_text import CustomTextClipBackbone
 from vlprompt.backbones.open_clip_backbone import OpenClipBackbone
-from vlprompt.backbones.weights import file_sha256
+from vlprompt.backbones.weights import file_sha256, short_hash
 from vlprompt.errors import VLPromptError
 
 TEXTS = ["a photo of a dog.", "x"]
@@ -40,7 +40,7 @@ def test_local_dir_loads_config_and_weights(tmp_path, custom_text):
     model = _save_hub_layout(tmp_path / "m", "vlprompt-test-vit", custom_text)
     backbone = create_backbone(f"local-dir:{tmp_path / 'm'}", "world")  # the CLI's default tag is ignored
     assert isinstance(backbone, CustomTextClipBackbone if custom_text else OpenClipBackbone)
-    assert backbone.identity.weights_hash == file_sha256(tmp_path / "m" / "open_clip_model.safetensors")
+    assert backbone.identity.weights_hash == short_hash(file_sha256(tmp_path / "m" / "open_clip_model.safetensors"))
     ids = backbone.tokenize(TEXTS)
     with torch.no_grad():
         torch.testing.assert_close(backbone.encode_text(TEXTS), model.encode_text(ids), rtol=0, atol=1e-5)

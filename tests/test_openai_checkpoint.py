@@ -76,7 +76,7 @@ def test_torchscript_archive_needs_known_hash_or_flag(tmp_path, openai_model, mo
     assert create_backbone(f"openai:{path}").identity.weights_hash == backbone.identity.weights_hash
     # a file whose sha256 is a published release loads without the flag
     monkeypatch.delenv(openai_checkpoint.ALLOW_ENV)
-    digest = openai_checkpoint.file_sha256(path, prefix=64)
+    digest = openai_checkpoint.file_sha256(path)
     monkeypatch.setattr(openai_checkpoint, "known_openai_files", lambda: {digest: "ViT-B-16.pt"})
     create_backbone(f"openai:{path}")
 

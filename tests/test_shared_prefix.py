@@ -249,7 +249,7 @@ def test_switches_and_unsupported_towers(tiny_vit):
     assert unsupported_reason(Transformer(width=32, layers=1, heads=2), causal) is None
     assert "not the standard causal" in unsupported_reason(Transformer(width=32, layers=1, heads=2), causal.T)
     saved = tiny_vit._shared_prefix_static
-    tiny_vit._shared_prefix_static = ("text tower is not causal",)
+    tiny_vit._shared_prefix_static = "text tower is not causal"
     try:
         assert asm.shared_prefix_plan(ctx=ctx) is None
         with pytest.raises(VLPromptError, match="not exact here"):

@@ -18,8 +18,8 @@ from vlprompt.engine import (
     evaluate_zero_shot,
     extract_image_features,
     format_results_table,
-    text_classifier,
 )
+from vlprompt.prompts.handcrafted import text_classifier
 
 CLASSES = ["cat", "golden_retriever", "fish"]
 

@@ -1,134 +1,140 @@
-"""`vlprompt <command>`: a thin layer over the Python API. Bad input -> one `error:` line, exit 2."""
+"""`vlprompt <command>`: soft prompt learning for CLIP-like vision-language models.
+
+A thin layer over the Python API. Bad input, and expected trouble with files and disks (a missing
+file, no permission, a full disk), give one `error:` line and exit code 2; anything else is a bug and
+keeps its traceback. Output piped into a reader that stops early (`vlprompt zoo list | head -1`) ends
+quietly with exit code 1.
+
+The subcommands live in `vlprompt.commands` (one module each, registered in its `COMMANDS`). This
+module imports nothing heavy: `--help`, `--version` and argument errors answer without torch.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
-from collections.abc import Callable
-from pathlib import Path
 
+from vlprompt import __version__
+from vlprompt.commands import load_commands
 from vlprompt.errors import VLPromptError
-from vlprompt.registry import Registry
 
-COMMANDS: Registry[Callable[[argparse._SubParsersAction], None]] = Registry("command")
-
-
-def _add_backbone_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", default="vlprompt-tiny", help="[source:]architecture, e.g. ViT-B-16")
-    parser.add_argument("--pretrained", default="world", help="tag (openai, world...), checkpoint file, or 'none'")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+# OSErrors that describe the user's files or disk, not a bug: one `error:` line, exit 2.
+_EXPECTED_OS_ERRORS = (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
+_EXPECTED_ERRNOS = {errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
-def _write_json(payload: object, path: str | None) -> None:
-    if path:
-        from vlprompt.engine.logging import write_json
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends an option's default to its help, unless the default says nothing (None, a flag, empty)."""
 
-        write_json(path, payload)
-        print(f"wrote {path}")
-
-
-@COMMANDS.register("eval")
-def _eval_command(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("eval", help="zero-shot or trained-prompt evaluation on a dataset")
-    parser.add_argument("--dataset", required=True, nargs="+", help="registered name(s), folder:PATH, csv:FILE or wds:DIR")
-    parser.add_argument("--root", default=None, help="data root (default: $VLPROMPT_DATA, or the embedded world's)")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--templates", default="dataset", help="dataset | single | imagenet80 | FILE")
-    parser.add_argument("--prompt", default=None, help="a trained prompt checkpoint (default: zero-shot)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--json", default=None, help="write the results to this JSON file")
-    _add_backbone_args(parser)
-
-    def run(args: argparse.Namespace) -> None:
-        from vlprompt import api
-        from vlprompt.engine.zero_shot import format_results_table
-
-        results = api.evaluate(
-            datasets=args.dataset,
-            root=args.root,
-            backbone=args.backbone,
-            pretrained=args.pretrained,
-            device=args.device,
-            split=args.split,
-            templates=args.templates,
-            prompt=args.prompt,
-            batch_size=args.batch_size,
-            num_workers=args.workers,
-        )
-        print(format_results_table(results))
-        _write_json(results, args.json)
-
-    parser.set_defaults(run=run)
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        default = action.default
+        if not text or "%(default)" in text or "default:" in text:
+            return text
+        if default is None or default is argparse.SUPPRESS or isinstance(default, bool) or default in ("", [], ()):
+            return text
+        if not action.option_strings and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return text  # a required positional has no default worth showing
+        return f"{text} (default: %(default)s)"
 
 
-@COMMANDS.register("train")
-def _train_command(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("train", help="train a prompt: vlprompt train --config FILE [key=value ...]")
-    parser.add_argument("--config", default=None, help="experiment YAML (path or relative to configs/)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in output_dir")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.lr=0.01")
+class ArgumentParser(argparse.ArgumentParser):
+    """The parser of `vlprompt` and of every subcommand (sub-parsers inherit the class): shows defaults."""
 
-    def run(args: argparse.Namespace) -> None:
-        from vlprompt import api
-        from vlprompt.config import ExperimentConfig
-
-        config = ExperimentConfig.load(args.config, args.overrides)
-        result = api.run_experiment(config, resume=args.resume)
-        print(api.format_experiment(result))
-
-    parser.set_defaults(run=run)
-
-
-@COMMANDS.register("demo")
-def _demo_command(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("demo", help="the main job on the embedded world: zero-shot vs learned prompts")
-    parser.add_argument("--data", default=None, help="where to write the embedded datasets (default: user cache)")
-    parser.add_argument("--out", default="runs/demo", help="results directory")
-    parser.add_argument("--quick", action="store_true", help="fewer epochs (for tests)")
-
-    def run(args: argparse.Namespace) -> None:
-        from vlprompt.demo import run_demo
-
-        run_demo(data_root=args.data, out_dir=Path(args.out), quick=args.quick)
-
-    parser.set_defaults(run=run)
-
-
-def _load_command_modules() -> None:
-    """Import every module of `vlprompt.commands`, so each can register its subcommand."""
-    import importlib
-    import pkgutil
-
-    import vlprompt.commands
-
-    for info in pkgutil.iter_modules(vlprompt.commands.__path__):
-        importlib.import_module(f"vlprompt.commands.{info.name}")
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    _load_command_modules()
-    parser = argparse.ArgumentParser(prog="vlprompt", description=__doc__)
+    parser = ArgumentParser(prog="vlprompt", description="Soft prompt learning for CLIP-like vision-language models.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMANDS.names():
-        COMMANDS.get(name)(sub)
+    commands = load_commands()
+    for name in commands.names():
+        commands.get(name)(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        try:
+            code = _run(build_parser(), argv)
+        except SystemExit:  # --help, --version, argument errors: their output may meet a closed pipe too
+            _flush_stdout()
+            raise
+        _flush_stdout()  # small outputs are still buffered here: a closed pipe shows now, not at exit
+        return code
+    except BrokenPipeError:
+        if not _stdout_closed():  # some other pipe (a worker, a socket): a real error
+            raise
+        _silence_stdout()
+        return 1
+
+
+def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    args = parser.parse_args(argv)
     try:
         args.run(args)
     except VLPromptError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _error(str(exc))
+    except OSError as exc:
+        if not (isinstance(exc, _EXPECTED_OS_ERRORS) or exc.errno in _EXPECTED_ERRNOS):
+            raise
+        return _error(describe_os_error(exc))
     except KeyboardInterrupt:
         print("interrupted: checkpoints written so far are intact; rerun with --resume", file=sys.stderr)
         return 130
     return 0
 
 
-if __name__ == "__main__":  # run as the registry-holding module, not a second copy of it
-    from vlprompt.cli import main as _main
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
-    sys.exit(_main())
+
+def describe_os_error(exc: OSError) -> str:
+    """``No space left on device: /data/cache/x.pt`` (reason, then the file or files it concerns)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    files = [f for f in (exc.filename, exc.filename2) if f is not None]
+    where = " -> ".join(os.fsdecode(f) if isinstance(f, (str, bytes, os.PathLike)) else str(f) for f in files)
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        reason += " (free some space, or point $VLPROMPT_CACHE / the output directory elsewhere)"
+    return f"{reason}: {where}" if where else reason
+
+
+def _flush_stdout() -> None:
+    if sys.stdout is not None:
+        sys.stdout.flush()
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe or socket whose reader has gone."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by an object without a descriptor
+        return False
+    try:
+        import select
+
+        poller = select.poll()
+    except (ImportError, AttributeError):  # no poll(): trust that the broken pipe was stdout
+        return True
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _silence_stdout() -> None:
+    """Point stdout at devnull, so the flush at interpreter exit does not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,23 +1,42 @@
 """Experiment configs: YAML files (with `base:` inheritance) + ``key.sub=value`` overrides.
 
-Every section is checked against the dataclass or registry that consumes it, so a typo in a key
-fails early with one line naming the key and the valid ones.
+Every section becomes the dataclass that consumes it when the config is loaded (the method section
+the method's own config class, the train section `TrainConfig`), so a typo in a key or a value of the
+wrong type fails at once, before any model or data is touched, with one line naming the key and the
+valid ones.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, fields
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from vlprompt.engine.train_config import TrainConfig
 from vlprompt.errors import VLPromptError
+from vlprompt.methods import METHODS, MethodConfig
 from vlprompt.paths import config_root
-from vlprompt.registry import unknown_name_message
+from vlprompt.tasks import TASKS
+from vlprompt.tasks.base import BackboneSection
+from vlprompt.typed_config import check_keys, from_dict
 
 CONFIG_ROOT = config_root()
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """YAML with YAML 1.2's numbers: ``2e-3`` and ``1e5`` are floats (YAML 1.1 reads them as strings)."""
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$|^[-+]?[0-9][0-9_]*\.[0-9_]*$"
+               r"|^[-+]?\.[0-9_]+$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
 
 
 def _deep_merge(base: dict, update: dict) -> dict:
@@ -39,19 +58,24 @@ def resolve_config_path(path: str | Path) -> Path:
     raise VLPromptError(f"config file not found: {path} (also looked in {CONFIG_ROOT})")
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML config, merging the files named by its `base:` key (relative to it) first."""
     path = resolve_config_path(path)
+    if path.resolve() in _chain:
+        loop = " -> ".join(str(p) for p in (*_chain, path.resolve()))
+        raise VLPromptError(f"{path}: its base: chain loops ({loop})")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=ConfigLoader) or {}
     except yaml.YAMLError as exc:
         raise VLPromptError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VLPromptError(f"{path}: cannot read the config ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(data, dict):
         raise VLPromptError(f"{path}: a config must be a mapping of keys to values")
     bases = data.pop("base", None) or []
     merged: dict[str, Any] = {}
     for base in [bases] if isinstance(bases, str) else bases:
-        merged = _deep_merge(merged, load_yaml(path.parent / base))
+        merged = _deep_merge(merged, load_yaml(path.parent / base, (*_chain, path.resolve())))
     return _deep_merge(merged, data)
 
 
@@ -60,7 +84,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise VLPromptError(f"override {text!r} must look like key.sub=value")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.load(raw, Loader=ConfigLoader) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise VLPromptError(f"override {text!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
+    return key.strip().split("."), value
 
 
 def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -76,75 +104,67 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
     return config
 
 
-def check_keys(section: dict[str, Any], valid: list[str], where: str) -> None:
-    for key in section:
-        if key not in valid:
-            raise VLPromptError(unknown_name_message(f"key in {where}", key, valid))
-
-
 def dataclass_from_dict(cls: type, values: dict[str, Any] | None, where: str) -> Any:
-    values = dict(values or {})
-    check_keys(values, [f.name for f in fields(cls)], where)
-    return cls(**values)
+    """A config section as its dataclass: unknown keys and wrong types fail with one line."""
+    return from_dict(cls, values, where)
 
 
-@dataclass
-class BackboneSection:
-    name: str = "vlprompt-tiny"
-    pretrained: str | None = "world"
-    device: str = "auto"
-
-
-@dataclass
-class DatasetSection:
-    name: str = "world_shapes"
-    root: str | None = None  # None: the embedded world's data directory
-
-
-@dataclass
-class ProtocolSection:
-    name: str = "few-shot"  # few-shot | base-to-new | all
-    shots: int = 16
-    seed: int = 1
-
-
-@dataclass
-class EvalSection:
-    split: str = "test"
-    templates: str = "dataset"
-    batch_size: int = 128
+EXPERIMENT_KEYS = ["task", "backbone", "dataset", "method", "protocol", "train", "eval", "output_dir", "published"]
 
 
 @dataclass
 class ExperimentConfig:
-    backbone: BackboneSection = field(default_factory=BackboneSection)
-    dataset: DatasetSection = field(default_factory=DatasetSection)
-    method: dict[str, Any] = field(default_factory=lambda: {"name": "coop"})
-    protocol: ProtocolSection = field(default_factory=ProtocolSection)
-    train: dict[str, Any] = field(default_factory=dict)
-    eval: EvalSection = field(default_factory=EvalSection)
-    output_dir: str | None = None
+    """One experiment, every section checked when it is loaded (before any model or data is touched).
 
-    SECTIONS = {
-        "backbone": BackboneSection,
-        "dataset": DatasetSection,
-        "protocol": ProtocolSection,
-        "eval": EvalSection,
-    }
+    ``task`` picks the dataset / protocol / eval sections (`vlprompt.tasks`); ``method`` is the method's
+    own config dataclass (``method_name`` names it); ``train`` is a `TrainConfig` whose seed defaults
+    to the protocol's.
+    """
+
+    task: str = "classification"
+    backbone: BackboneSection = field(default_factory=BackboneSection)
+    dataset: Any = None
+    method_name: str = "coop"
+    method: MethodConfig | None = None
+    protocol: Any = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: Any = None
+    output_dir: str | None = None
+    published: dict[str, Any] = field(default_factory=dict)  # figures from the papers (documentation)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
-        check_keys(data, [f.name for f in fields(cls)], "experiment config")
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            section = cls.SECTIONS.get(key)
-            if section is not None:
-                kwargs[key] = dataclass_from_dict(section, value, f"'{key}' section")
-            else:
-                kwargs[key] = value
-        config = cls(**kwargs)
-        if "name" not in config.method:
-            raise VLPromptError("the 'method' section needs a 'name' (e.g. coop, cocoop, linear-probe, zero-shot)")
+        if not isinstance(data, dict):
+            raise VLPromptError("an experiment config must be a mapping of sections")
+        check_keys(data, EXPERIMENT_KEYS, "experiment config")
+        task_name = data.get("task") or "classification"
+        task = TASKS.get(str(task_name))
+        protocol = from_dict(task.protocol_section, data.get("protocol"), "'protocol' section")
+        method_values = dict(data.get("method") or {"name": task.default_method})
+        if "name" not in method_values:
+            raise VLPromptError(
+                f"the 'method' section needs a 'name' (for {task.name}: {', '.join(METHODS.names(task.name))})"
+            )
+        method_name = str(method_values.pop("name"))
+        method = METHODS.get(method_name, task.name).config_class.from_dict(method_values, where="'method' section")
+        train_values = dict(data.get("train") or {})
+        train_values.setdefault("seed", getattr(protocol, "seed", 1))
+        output_dir = data.get("output_dir")
+        if output_dir is not None and not isinstance(output_dir, str):
+            raise VLPromptError(f"output_dir must be a path, got {output_dir!r}")
+        config = cls(
+            task=task.name,
+            backbone=from_dict(BackboneSection, data.get("backbone"), "'backbone' section"),
+            dataset=from_dict(task.dataset_section, data.get("dataset"), "'dataset' section"),
+            method_name=method_name,
+            method=method,
+            protocol=protocol,
+            train=TrainConfig.from_dict(train_values, where="'train' section"),
+            eval=from_dict(task.eval_section, data.get("eval"), "'eval' section"),
+            output_dir=output_dir,
+            published=dict(data.get("published") or {}),
+        )
+        task.check(config)
         return config
 
     @classmethod
@@ -153,6 +173,14 @@ class ExperimentConfig:
         return cls.from_dict(apply_overrides(data, overrides or []))
 
     def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        return asdict(self)
+        return {
+            "task": self.task,
+            "backbone": asdict(self.backbone),
+            "dataset": asdict(self.dataset),
+            "method": {"name": self.method_name, **asdict(self.method)},
+            "protocol": asdict(self.protocol),
+            "train": asdict(self.train),
+            "eval": asdict(self.eval),
+            "output_dir": self.output_dir,
+            "published": self.published,
+        }

@@ -9,18 +9,27 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from vlprompt.backbones.capabilities import Capability
+from vlprompt.backbones.deep_prompts import DeepPrompts, VisualPrompts
+from vlprompt.errors import VLPromptError
+
 
 @dataclass(frozen=True)
 class BackboneIdentity:
-    """Who a backbone is: stored in every checkpoint and every feature-cache key."""
+    """Who a backbone is: stored in every checkpoint and every feature-cache key.
 
-    source: str  # registry name of the loader, e.g. "open_clip"
-    name: str  # architecture, e.g. "ViT-B-16"
-    pretrained: str | None  # tag, path or None for random weights
+    ``create_backbone(spec, pretrained)`` rebuilds it (`vlprompt.backbones.backbone_from_identity`), where the
+    spec is `name` when it already starts with ``<source>:`` (``hf-hub:org/repo``, ``local-dir:/path``) or is
+    an open_clip architecture, else ``<source>:<name>``.
+    """
+
+    source: str  # registry name of the loader, e.g. "open_clip", "hf", "openai", "local-dir"
+    name: str  # architecture ("ViT-B-16"), located model ("local-dir:/path"), hub id or file
+    pretrained: str | None  # tag, path or None for random weights (or weights that came with the model)
     embed_dim: int
     width: int  # text tower width: the size of one token embedding
     context_length: int
-    weights_hash: str | None = None  # sha256 prefix of the weights, when known
+    weights_hash: str | None = None  # `short_hash` of the weights' sha256, when known
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,13 +54,47 @@ class Backbone(nn.Module):
 
     Implementations wrap one library (open_clip, transformers...). Methods only use this interface,
     so learned vectors can stand in for words whatever the tower.
+
+    The core (tokenize, eot_index, embed_tokens, encode_text_embeds, encode_image, logit_scale) is always
+    there. Everything else is optional and declared in `capabilities` (see `Capability`); a method checks
+    ``backbone.supports(cap)`` or calls ``backbone.require(cap, "<method>")`` before relying on it, and an
+    optional method called on a backbone that lacks it raises the same one-line `VLPromptError`.
+
+    Deep prompts (`Capability.DEEP_TEXT_PROMPTS`): ``encode_text_embeds(embeds, eot, deep=DeepPrompts(...))``
+    runs the text blocks one by one and, at the input of block i (1 <= i < J), replaces the hidden states
+    of the prompt positions ``[deep.start, deep.start + n)`` with ``deep.layers[i - 1]`` (MaPLe / IVLP /
+    PromptSRC); block 0 sees the embeddings, which already carry the shallow prompt. ``deep=None`` or no
+    layers is the plain forward. Visual prompts (`Capability.VISUAL_PROMPTS`): ``encode_image(images,
+    visual=VisualPrompts(...))`` inserts ``visual.shallow`` after the class token and replaces those
+    positions with ``visual.deep[i - 1]`` at the input of image block i; they are dropped before pooling.
     """
 
     identity: BackboneIdentity
     causal: bool  # causal text tower: truncation and shared-prefix reuse are exact
     shared_prefix: bool = True  # switch: let prompt assemblers use `encode_text_embeds_shared` when exact
+    capabilities: frozenset[Capability] = frozenset()  # set per instance by each implementation
     train_transform: Callable
     eval_transform: Callable
+
+    # -- capabilities ------------------------------------------------------------------------
+
+    def supports(self, capability: Capability) -> bool:
+        return Capability(capability) in self.capabilities
+
+    def require(self, capability: Capability, who: str, hint: str = "") -> None:
+        """Raise one line naming `who`, the capability and this backbone when it is not provided."""
+        if not self.supports(capability):
+            raise VLPromptError(
+                f"{who} needs {Capability(capability)}, which {type(self).__name__} ({self.identity.name}) "
+                f"does not provide{f' ({hint})' if hint else ''}"
+            )
+
+    def _refuse_deep(self, deep: DeepPrompts | None) -> None:
+        """For towers without the deep hook: no deep layers is the plain forward, anything else is refused."""
+        if deep is not None and deep.layers:
+            self.require(Capability.DEEP_TEXT_PROMPTS, "encode_text_embeds(deep=...)")
+
+    # -- text --------------------------------------------------------------------------------
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:  # [N, L] long
         raise NotImplementedError
@@ -63,48 +106,85 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     def encode_text_embeds(
-        self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True
+        self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True, deep: DeepPrompts | None = None
     ) -> torch.Tensor:  # [N, D], not normalised
         raise NotImplementedError
 
-    def text_token_states(self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True) -> torch.Tensor:
+    def text_token_states(
+        self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True, deep: DeepPrompts | None = None
+    ) -> torch.Tensor:
         """Last-layer token states ``[N, L, W]`` before the final norm (DFSP decomposes these);
-        `pool_text_states` of them equals `encode_text_embeds`. Optional for a backbone."""
-        raise NotImplementedError(f"{type(self).__name__} does not expose text token states")
+        `pool_text_states` of them equals `encode_text_embeds`. `Capability.TEXT_TOKEN_STATES`."""
+        self.require(Capability.TEXT_TOKEN_STATES, "text_token_states")
+        raise NotImplementedError
 
     def pool_text_states(self, states: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
         """``[N, L, W]`` token states -> ``[N, D]`` features (final norm, pooling, projection)."""
-        raise NotImplementedError(f"{type(self).__name__} does not expose text token states")
-
-    def image_token_states(self, images: torch.Tensor) -> torch.Tensor:
-        """The image tower's last-block sequence ``[B, 1 + T, W_img]`` (class token first, before the
-        final norm); `pool_image_states` of it equals `encode_image`. Optional for a backbone."""
-        raise NotImplementedError(f"{type(self).__name__} does not expose image token states")
-
-    def pool_image_states(self, states: torch.Tensor) -> torch.Tensor:
-        """``[B, 1 + T, W_img]`` states -> ``[B, D]`` image features (the tower's own pooling, norm, projection)."""
-        raise NotImplementedError(f"{type(self).__name__} does not expose image token states")
+        self.require(Capability.TEXT_TOKEN_STATES, "pool_text_states")
+        raise NotImplementedError
 
     def shared_prefix_unsupported(self) -> str | None:
-        """Why `encode_text_embeds_shared` cannot run exactly on this tower (None: it can)."""
-        return f"{type(self).__name__} has no shared-prefix text encoding"
+        """Why `encode_text_embeds_shared` cannot run exactly on this tower now (None: it can)."""
+        if not self.supports(Capability.SHARED_PREFIX):
+            return f"{type(self).__name__} has no shared-prefix text encoding"
+        return None
 
     def encode_text_embeds_shared(
-        self, prefix: torch.Tensor, suffix: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True
+        self,
+        prefix: torch.Tensor,
+        suffix: torch.Tensor,
+        eot_index: torch.Tensor,
+        truncate: bool = True,
+        deep: DeepPrompts | None = None,
     ) -> torch.Tensor:
         """Prompts whose first S embeddings are shared within a group, encoded with the prefix run once.
 
         prefix ``[S, W]`` or ``[G, S, W]``; suffix ``[N, T, W]`` or ``[G, N, T, W]`` (prompt n of group g
         is ``cat(prefix[g], suffix[g, n])``); eot_index ``[N]``: pooled positions in the whole prompt,
         all >= S. Returns ``[N, D]`` or ``[G, N, D]``, equal to `encode_text_embeds` on the whole prompts.
+        `Capability.SHARED_PREFIX`. Deep prompts are refused here for now: they take the plain path.
         """
+        self.require(Capability.SHARED_PREFIX, "encode_text_embeds_shared")
         raise NotImplementedError
 
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:  # [B, D], not normalised
+    # -- image -------------------------------------------------------------------------------
+
+    def encode_image(self, images: torch.Tensor, visual: VisualPrompts | None = None) -> torch.Tensor:
+        """``[B, D]``, not normalised; `visual` prompts need `Capability.VISUAL_PROMPTS`."""
         raise NotImplementedError
 
-    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:  # [B, T, W_img]
+    def image_token_states(self, images: torch.Tensor, visual: VisualPrompts | None = None) -> torch.Tensor:
+        """The image tower's last-block sequence ``[B, 1 + T, W_img]`` (class token first, before the final
+        norm, visual prompts dropped); `pool_image_states` of it equals `encode_image`.
+        `Capability.IMAGE_TOKEN_STATES`."""
+        self.require(Capability.IMAGE_TOKEN_STATES, "image_token_states")
         raise NotImplementedError
+
+    def pool_image_states(self, states: torch.Tensor) -> torch.Tensor:
+        """``[B, 1 + T, W_img]`` states -> ``[B, D]`` image features (the tower's own pooling, norm, projection)."""
+        self.require(Capability.IMAGE_TOKEN_STATES, "pool_image_states")
+        raise NotImplementedError
+
+    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, T, W_img]`` output tokens of the image tower (patch tokens). `Capability.IMAGE_TOKENS`."""
+        self.require(Capability.IMAGE_TOKENS, "image_tokens")
+        raise NotImplementedError
+
+    def image_norm_modules(self) -> list[nn.Module]:
+        """The image tower's per-block LayerNorms (pre/post norms excluded). `Capability.IMAGE_NORMS`."""
+        self.require(Capability.IMAGE_NORMS, "image_norm_modules")
+        raise NotImplementedError
+
+    def image_norm_parameters(self) -> dict[str, nn.Parameter]:
+        """The affine parameters of `image_norm_modules`, named as in ``self.named_parameters()`` (what LASP's
+        LayerNorm re-calibration tunes, as its official code: every block's two norms, nothing else)."""
+        self.require(Capability.IMAGE_NORMS, "image_norm_parameters")
+        names = {id(module): name for name, module in self.named_modules()}
+        return {
+            f"{names[id(module)]}.{key}": param
+            for module in self.image_norm_modules()
+            for key, param in module.named_parameters(recurse=False)
+        }
 
     @property
     def logit_scale(self) -> torch.Tensor:

@@ -21,9 +21,7 @@ itself), and tokenizers that write anything else for the empty text.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import open_clip
 import torch
@@ -32,11 +30,19 @@ from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH
 from open_clip.transformer import TextTransformer
 
 from vlprompt.backbones.base import Backbone, BackboneIdentity
-from vlprompt.backbones.open_clip_backbone import TextTowerParts, _check_architecture, run_text_tower
+from vlprompt.backbones.capabilities import Capability
+from vlprompt.backbones.deep_prompts import DeepPrompts, VisualPrompts
+from vlprompt.backbones.open_clip_backbone import (
+    TextTowerParts,
+    _check_architecture,
+    pool_text_states,
+    text_capabilities,
+    text_tower_states,
+)
+from vlprompt.backbones.open_clip_vision import block_norms, pool_vit_states, vision_capabilities, vit_token_states
+from vlprompt.backbones.pretrained import build_open_clip
 from vlprompt.backbones.registry import BACKBONE_SOURCES
-from vlprompt.backbones.weights import file_sha256, load_into, read_state_dict
 from vlprompt.errors import VLPromptError
-from vlprompt.registry import unknown_name_message
 
 _EOT_RULES: dict[str, Callable[[torch.Tensor, TextTransformer], torch.Tensor]] = {
     "argmax": lambda ids, text: ids.argmax(dim=-1),  # CLIP's EOT has the largest id
@@ -62,6 +68,10 @@ class OpenClipTextTower:
         self.context_length = int(text.context_length)
         self.width = int(text.width)
         self.embed_dim = int(text.output_dim if text.text_projection is not None else text.width)
+        self.parts = TextTowerParts(
+            text.transformer, text.positional_embedding, text.attn_mask, text.ln_final, text.text_projection, text.pool_type
+        )
+        self.capabilities = text_capabilities(self.parts)
 
     @staticmethod
     def unsupported(text: TextTransformer) -> str | None:
@@ -82,12 +92,18 @@ class OpenClipTextTower:
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.text.token_embedding(ids)
 
-    def encode(self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool) -> torch.Tensor:
-        text = self.text
-        tower = TextTowerParts(
-            text.transformer, text.positional_embedding, text.attn_mask, text.ln_final, text.text_projection, text.pool_type
-        )
-        return run_text_tower(tower, embeds, eot_index, truncate and self.causal)
+    def states(
+        self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool, deep: DeepPrompts | None = None
+    ) -> torch.Tensor:
+        return text_tower_states(self.parts, embeds, eot_index, truncate and self.causal, deep)
+
+    def pool(self, states: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        return pool_text_states(self.parts, states, eot_index)
+
+    def encode(
+        self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool, deep: DeepPrompts | None = None
+    ) -> torch.Tensor:
+        return self.pool(self.states(embeds, eot_index, truncate, deep), eot_index)
 
 
 class HFTextTower:
@@ -96,6 +112,7 @@ class HFTextTower:
     token; ids are right-padded), so learned vectors at placeholder positions count as real tokens."""
 
     causal = False  # bidirectional: no truncation, no shared prefix
+    capabilities: set[Capability] = set()  # neither token states nor deep prompts (yet)
 
     def __init__(self, text: HFTextEncoder, name: str) -> None:
         self.text = text
@@ -147,7 +164,9 @@ class HFTextTower:
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.embedding(ids)
 
-    def encode(self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool) -> torch.Tensor:
+    def encode(
+        self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool, deep: DeepPrompts | None = None
+    ) -> torch.Tensor:
         text = self.text
         embeds = embeds.to(self.embedding.weight.device, self.embedding.weight.dtype)
         positions = torch.arange(embeds.shape[1], device=embeds.device)
@@ -212,6 +231,10 @@ class CustomTextClipBackbone(Backbone):
         self.eval_transform: Callable = open_clip.transform.image_transform_v2(cfg, is_train=False)
         size = cfg.size if isinstance(cfg.size, (tuple, list)) else (cfg.size, cfg.size)
         self.image_size: tuple[int, int] = (int(size[0]), int(size[1]))
+        caps = set(tower.capabilities) | vision_capabilities(model.visual)
+        if hasattr(model.visual, "forward_intermediates"):
+            caps.add(Capability.IMAGE_TOKENS)
+        self.capabilities = frozenset(caps)
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self._tokenizer(list(texts))
@@ -224,23 +247,50 @@ class CustomTextClipBackbone(Backbone):
         return self.tower.embed(ids.to(self.device))
 
     def encode_text_embeds(
-        self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True
+        self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True, deep: DeepPrompts | None = None
     ) -> torch.Tensor:
-        return self.tower.encode(embeds, eot_index, truncate)
+        self._refuse_deep(deep)
+        return self.tower.encode(embeds, eot_index, truncate, deep)
+
+    def text_token_states(
+        self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True, deep: DeepPrompts | None = None
+    ) -> torch.Tensor:
+        self.require(Capability.TEXT_TOKEN_STATES, "text_token_states")
+        self._refuse_deep(deep)
+        return self.tower.states(embeds, eot_index, truncate, deep)
+
+    def pool_text_states(self, states: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        self.require(Capability.TEXT_TOKEN_STATES, "pool_text_states")
+        return self.tower.pool(states, eot_index)
 
     def shared_prefix_unsupported(self) -> str | None:
         return "CustomTextCLIP towers have no shared-prefix encoding in vlprompt (whole prompts are encoded)"
 
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(images.to(self.device, self.dtype))
+    def encode_image(self, images: torch.Tensor, visual: VisualPrompts | None = None) -> torch.Tensor:
+        if visual is None:
+            return self.model.encode_image(images.to(self.device, self.dtype))
+        self.require(Capability.VISUAL_PROMPTS, "encode_image(visual=...)")
+        return self.pool_image_states(self.image_token_states(images, visual))
+
+    def image_token_states(self, images: torch.Tensor, visual: VisualPrompts | None = None) -> torch.Tensor:
+        self.require(Capability.IMAGE_TOKEN_STATES, "image_token_states")
+        if visual is not None:
+            self.require(Capability.VISUAL_PROMPTS, "image_token_states(visual=...)")
+        return vit_token_states(self.model.visual, images.to(self.device, self.dtype), visual)
+
+    def pool_image_states(self, states: torch.Tensor) -> torch.Tensor:
+        self.require(Capability.IMAGE_TOKEN_STATES, "pool_image_states")
+        return pool_vit_states(self.model.visual, states)
+
+    def image_norm_modules(self) -> list[torch.nn.Module]:
+        self.require(Capability.IMAGE_NORMS, "image_norm_modules")
+        return block_norms(self.model.visual)
 
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        visual = self.model.visual
-        if hasattr(visual, "forward_intermediates"):
-            out = visual.forward_intermediates(images.to(self.device, self.dtype), indices=1, intermediates_only=True)
-            tokens = out["image_intermediates"][-1] if isinstance(out, dict) else out[-1]
-            return tokens.flatten(2).transpose(1, 2) if tokens.dim() == 4 else tokens
-        raise VLPromptError(f"{self.identity.name}: image tower {type(visual).__name__} has no tokens")
+        self.require(Capability.IMAGE_TOKENS, "image_tokens")
+        out = self.model.visual.forward_intermediates(images.to(self.device, self.dtype), indices=1, intermediates_only=True)
+        tokens = out["image_intermediates"][-1] if isinstance(out, dict) else out[-1]
+        return tokens.flatten(2).transpose(1, 2) if tokens.dim() == 4 else tokens
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -268,20 +318,7 @@ def create_custom_text_backbone(name: str, pretrained: str | None = None, device
     """An open_clip architecture built as `CustomTextCLIP`; `pretrained` as for the open_clip source:
     None (random), a local checkpoint file, or an open_clip tag (downloaded on first use)."""
     _check_architecture(name)
-    weights_hash: str | None = None
-    if pretrained is None:
-        model = _create(name, None, device)
-    elif os.sep in pretrained or Path(pretrained).suffix in (".safetensors", ".pt", ".pth", ".bin", ".ckpt"):
-        path = Path(pretrained).expanduser()
-        state = read_state_dict(path)
-        model = _create(name, None, device)
-        load_into(model, state, f"checkpoint {path}", name)
-        weights_hash, pretrained = file_sha256(path), str(path)
-    else:
-        tags = open_clip.list_pretrained_tags_by_model(name)
-        if pretrained not in tags:
-            raise VLPromptError(unknown_name_message(f"pretrained tag for {name}", pretrained, tags or ["(none: pass a file)"]))
-        model = _create(name, pretrained, device)
+    model, pretrained, weights_hash = build_open_clip(name, pretrained, lambda tag: _create(name, tag, device))
     from open_clip.model import CLIP
 
     if isinstance(model, CLIP):

@@ -21,8 +21,11 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone, BackboneIdentity
+from vlprompt.backbones.capabilities import Capability
+from vlprompt.backbones.deep_prompts import DeepPrompts, VisualPrompts
+from vlprompt.backbones.pretrained import ignored_by_own_weights
 from vlprompt.backbones.registry import BACKBONE_SOURCES
-from vlprompt.backbones.weights import file_sha256
+from vlprompt.backbones.weights import file_sha256, short_hash
 from vlprompt.errors import VLPromptError
 from vlprompt.paths import read_json
 
@@ -97,6 +100,10 @@ class HFClipBackbone(Backbone):
         self.train_transform: Callable = open_clip.transform.image_transform_v2(cfg, is_train=True)
         self.eval_transform: Callable = open_clip.transform.image_transform_v2(cfg, is_train=False)
         self.image_size: tuple[int, int] = tuple(cfg.size) if isinstance(cfg.size, (tuple, list)) else (cfg.size,) * 2
+        caps = {Capability.IMAGE_TOKENS}
+        if self._block_norms():
+            caps.add(Capability.IMAGE_NORMS)
+        self.capabilities = frozenset(caps)
 
     # -- text --------------------------------------------------------------------------------
 
@@ -147,8 +154,9 @@ class HFClipBackbone(Backbone):
         return create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=None), {}
 
     def encode_text_embeds(
-        self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True
+        self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True, deep: DeepPrompts | None = None
     ) -> torch.Tensor:
+        self._refuse_deep(deep)
         text = self.text_model
         embeds = embeds.to(self.device)
         eot_index = eot_index.to(self.device)
@@ -169,11 +177,23 @@ class HFClipBackbone(Backbone):
 
     # -- image -------------------------------------------------------------------------------
 
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+    def encode_image(self, images: torch.Tensor, visual: VisualPrompts | None = None) -> torch.Tensor:
+        if visual is not None:
+            self.require(Capability.VISUAL_PROMPTS, "encode_image(visual=...)")
         return _output(self.model.get_image_features(pixel_values=images.to(self.device, self.dtype)))
 
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.vision_model(pixel_values=images.to(self.device, self.dtype)).last_hidden_state
+
+    def _block_norms(self) -> list[nn.Module]:
+        """``layer_norm1`` / ``layer_norm2`` of every vision encoder layer (CLIP and SigLIP name them alike)."""
+        layers = getattr(getattr(self.model.vision_model, "encoder", None), "layers", None) or []
+        norms = [getattr(layer, name, None) for layer in layers for name in ("layer_norm1", "layer_norm2")]
+        return norms if norms and all(isinstance(n, nn.LayerNorm) for n in norms) else []
+
+    def image_norm_modules(self) -> list[nn.Module]:
+        self.require(Capability.IMAGE_NORMS, "image_norm_modules")
+        return self._block_norms()
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -226,7 +246,7 @@ def _weights_hash(folder: Path | None) -> str | None:
         return None
     for filename in WEIGHT_FILES:
         if (folder / filename).is_file():
-            return file_sha256(folder / filename)
+            return short_hash(file_sha256(folder / filename))
     return None
 
 
@@ -241,7 +261,7 @@ def create_hf_backbone(name: str, pretrained: str | None = None, device: str = "
     import transformers
 
     name = name.removeprefix("hf-hub:")
-    if pretrained and pretrained not in ("world", "openai", "hf") and _local_folder(pretrained):
+    if not ignored_by_own_weights(pretrained) and pretrained not in ("openai", "hf") and _local_folder(pretrained):
         location = pretrained
     else:
         location, pretrained = name, None

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import open_clip
 import torch
-import torch.nn.functional as F
 from open_clip.model import CLIP
 
 from vlprompt.backbones.base import Backbone, BackboneIdentity
+from vlprompt.backbones.capabilities import Capability
+from vlprompt.backbones.deep_prompts import DeepPrompts, VisualPrompts
 from vlprompt.backbones.model_configs import register_model_configs
-from vlprompt.backbones.registry import BACKBONE_SOURCES, PRETRAINED_RESOLVERS
+from vlprompt.backbones.open_clip_blocks import run_blocks, runs_as_blocks
+from vlprompt.backbones.open_clip_vision import block_norms, pool_vit_states, vision_capabilities, vit_token_states
+from vlprompt.backbones.pretrained import build_open_clip
+from vlprompt.backbones.registry import BACKBONE_SOURCES
 from vlprompt.backbones.shared_prefix import shared_prefix_forward, unsupported_reason
-from vlprompt.backbones.weights import file_sha256, load_into, read_state_dict
 from vlprompt.errors import VLPromptError
 from vlprompt.registry import unknown_name_message
 
@@ -33,29 +34,40 @@ class TextTowerParts:
     pool_type: str
 
 
+def text_capabilities(tower: TextTowerParts) -> set[Capability]:
+    """Token states always; deep prompts when the blocks run as open_clip's own loop."""
+    caps = {Capability.TEXT_TOKEN_STATES}
+    if runs_as_blocks(tower.transformer):
+        caps.add(Capability.DEEP_TEXT_PROMPTS)
+    return caps
+
+
 def run_text_tower(
-    tower: TextTowerParts, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool
+    tower: TextTowerParts, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool, deep: DeepPrompts | None = None
 ) -> torch.Tensor:
     """Token embeddings -> positional embedding, mask, blocks, final norm, pooling, projection.
 
     With `truncate` (causal towers pooling at the EOT) the sequence is cut after the longest EOT:
     later positions never reach the pooled token through a causal mask, so the output is identical.
     """
-    return pool_text_states(tower, text_tower_states(tower, embeds, eot_index, truncate), eot_index)
+    return pool_text_states(tower, text_tower_states(tower, embeds, eot_index, truncate, deep), eot_index)
 
 
 def text_tower_states(
-    tower: TextTowerParts, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool
+    tower: TextTowerParts, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool, deep: DeepPrompts | None = None
 ) -> torch.Tensor:
     """The last block's token states ``[N, L', W]`` (before the final norm); L' is cut after the longest
-    EOT with `truncate` (exact for causal towers pooling at the EOT)."""
+    EOT with `truncate` (exact for causal towers pooling at the EOT). `deep` prompts replace the prompt
+    positions' states at the input of blocks 1..J-1 (the caller checked `text_capabilities`)."""
     cast = tower.transformer.get_cast_dtype()
     length = embeds.shape[1]
     if truncate and tower.pool_type in ("argmax", "eos"):
         length = int(eot_index.max()) + 1
     x = embeds[:, :length].to(tower.positional_embedding.device, cast) + tower.positional_embedding[:length].to(cast)
     mask = tower.attn_mask[:length, :length] if tower.attn_mask is not None else None
-    return tower.transformer(x, attn_mask=mask)
+    if deep is None or not deep.layers:
+        return tower.transformer(x, attn_mask=mask)
+    return run_blocks(tower.transformer, x, mask, deep, deep.start)
 
 
 def pool_text_states(tower: TextTowerParts, states: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
@@ -92,7 +104,13 @@ class OpenClipBackbone(Backbone):
         self.eval_transform: Callable = open_clip.transform.image_transform_v2(cfg, is_train=False)
         size = cfg.size if isinstance(cfg.size, (tuple, list)) else (cfg.size, cfg.size)
         self.image_size: tuple[int, int] = (int(size[0]), int(size[1]))
-        self._shared_prefix_static: tuple[str | None] | None = None  # cached architecture check
+        self._shared_prefix_static = unsupported_reason(model.transformer, model.attn_mask)  # architecture check
+        caps = text_capabilities(self.text_tower) | vision_capabilities(model.visual)
+        if hasattr(model.visual, "output_tokens"):
+            caps.add(Capability.IMAGE_TOKENS)
+        if self._shared_prefix_static is None:
+            caps.add(Capability.SHARED_PREFIX)
+        self.capabilities = frozenset(caps)
 
     # -- text --------------------------------------------------------------------------------
 
@@ -123,27 +141,39 @@ class OpenClipBackbone(Backbone):
         )
 
     def encode_text_embeds(
-        self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True
+        self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True, deep: DeepPrompts | None = None
     ) -> torch.Tensor:
-        return run_text_tower(self.text_tower, embeds, eot_index, truncate and self.causal)
+        self._refuse_deep(deep)
+        return run_text_tower(self.text_tower, embeds, eot_index, truncate and self.causal, deep)
 
-    def text_token_states(self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True) -> torch.Tensor:
-        return text_tower_states(self.text_tower, embeds, eot_index, truncate and self.causal)
+    def text_token_states(
+        self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True, deep: DeepPrompts | None = None
+    ) -> torch.Tensor:
+        self._refuse_deep(deep)
+        return text_tower_states(self.text_tower, embeds, eot_index, truncate and self.causal, deep)
 
     def pool_text_states(self, states: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
         return pool_text_states(self.text_tower, states, eot_index)
 
     def shared_prefix_unsupported(self) -> str | None:
-        if self._shared_prefix_static is None:
-            self._shared_prefix_static = (unsupported_reason(self.model.transformer, self.model.attn_mask),)
-        reason = self._shared_prefix_static[0]
+        reason = self._shared_prefix_static
         if reason is None and any(b.training and b.attn.dropout > 0 for b in self.model.transformer.resblocks):
             reason = "attention dropout is active"
         return reason
 
     def encode_text_embeds_shared(
-        self, prefix: torch.Tensor, suffix: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True
+        self,
+        prefix: torch.Tensor,
+        suffix: torch.Tensor,
+        eot_index: torch.Tensor,
+        truncate: bool = True,
+        deep: DeepPrompts | None = None,
     ) -> torch.Tensor:
+        if deep is not None and deep.layers:
+            raise VLPromptError(
+                f"{self.identity.name}: shared-prefix encoding takes no deep prompts yet; encode whole prompts "
+                "(encode_text_embeds(..., deep=...)) or set use_shared_prefix = False"
+            )
         reason = self.shared_prefix_unsupported()
         if reason is not None:
             raise VLPromptError(f"{self.identity.name}: shared-prefix encoding is not exact here: {reason}")
@@ -177,24 +207,29 @@ class OpenClipBackbone(Backbone):
 
     # -- image -------------------------------------------------------------------------------
 
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(images.to(self.device, self.dtype))
+    def encode_image(self, images: torch.Tensor, visual: VisualPrompts | None = None) -> torch.Tensor:
+        if visual is None:
+            return self.model.encode_image(images.to(self.device, self.dtype))
+        self.require(Capability.VISUAL_PROMPTS, "encode_image(visual=...)")
+        return self.pool_image_states(self.image_token_states(images, visual))
 
-    def image_token_states(self, images: torch.Tensor) -> torch.Tensor:
-        visual = self.model.visual
-        if not (hasattr(visual, "_embeds") and hasattr(visual, "_pool")):
-            raise NotImplementedError(f"{self.identity.name}: image tower {type(visual).__name__} exposes no token states")
-        return visual.transformer(visual._embeds(images.to(self.device, self.dtype)))
+    def image_token_states(self, images: torch.Tensor, visual: VisualPrompts | None = None) -> torch.Tensor:
+        self.require(Capability.IMAGE_TOKEN_STATES, "image_token_states")
+        if visual is not None:
+            self.require(Capability.VISUAL_PROMPTS, "image_token_states(visual=...)")
+        return vit_token_states(self.model.visual, images.to(self.device, self.dtype), visual)
 
     def pool_image_states(self, states: torch.Tensor) -> torch.Tensor:
-        visual = self.model.visual
-        pooled, _ = visual._pool(states)
-        return pooled @ visual.proj if visual.proj is not None else pooled
+        self.require(Capability.IMAGE_TOKEN_STATES, "pool_image_states")
+        return pool_vit_states(self.model.visual, states)
+
+    def image_norm_modules(self) -> list[torch.nn.Module]:
+        self.require(Capability.IMAGE_NORMS, "image_norm_modules")
+        return block_norms(self.model.visual)
 
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        self.require(Capability.IMAGE_TOKENS, "image_tokens")
         visual = self.model.visual
-        if not hasattr(visual, "output_tokens"):
-            raise VLPromptError(f"{self.identity.name}: image tower {type(visual).__name__} has no tokens")
         previous = visual.output_tokens
         visual.output_tokens = True
         try:
@@ -206,9 +241,6 @@ class OpenClipBackbone(Backbone):
     @property
     def logit_scale(self) -> torch.Tensor:
         return self.model.logit_scale.exp().clamp(max=100.0)
-
-    def normalized_text(self, texts: Sequence[str]) -> torch.Tensor:
-        return F.normalize(self.encode_text(texts), dim=-1)
 
 
 def _check_architecture(name: str) -> None:
@@ -226,9 +258,11 @@ def builds_custom_text(name: str) -> bool:
     return "multimodal_cfg" not in cfg and bool(cfg.get("custom_text") or "hf_model_name" in text_cfg)
 
 
-def _identity(model: CLIP, name: str, pretrained: str | None, weights_hash: str | None) -> BackboneIdentity:
+def _identity(
+    model: CLIP, name: str, pretrained: str | None, weights_hash: str | None, source: str = "open_clip"
+) -> BackboneIdentity:
     return BackboneIdentity(
-        source="open_clip",
+        source=source,
         name=name,
         pretrained=pretrained,
         embed_dim=int(model.text_projection.shape[-1]) if model.text_projection is not None else model.transformer.width,
@@ -258,32 +292,16 @@ def create_open_clip_backbone(name: str, pretrained: str | None = None, device: 
 
     `pretrained` is None (random weights), a local checkpoint file (safetensors or a state dict),
     a vlprompt resolver tag (e.g. ``world`` for the embedded tiny CLIP) or an open_clip tag such as
-    ``openai`` (downloaded on first use on a machine with network). Architectures open_clip builds as
-    `CustomTextCLIP` (``ViT-B-16-SigLIP``, ``roberta-ViT-B-32``...) are handed to the ``open_clip_custom`` source.
+    ``openai`` (downloaded on first use on a machine with network); see `vlprompt.backbones.pretrained`.
+    Architectures open_clip builds as `CustomTextCLIP` (``ViT-B-16-SigLIP``, ``roberta-ViT-B-32``...) are
+    handed to the ``open_clip_custom`` source.
     """
     _check_architecture(name)
     if builds_custom_text(name):
         return BACKBONE_SOURCES.get("open_clip_custom")(name, pretrained=pretrained, device=device)
-    weights_hash: str | None = None
-    if pretrained is None:
-        model = _create_unloaded(name, device)
-    elif (name, pretrained) in PRETRAINED_RESOLVERS:
-        model = _create_unloaded(name, device)
-        state, weights_hash = PRETRAINED_RESOLVERS.get((name, pretrained))()
-        load_into(model, state, f"weights {name}/{pretrained}", name)
-    elif os.sep in pretrained or Path(pretrained).suffix in (".safetensors", ".pt", ".pth", ".bin", ".ckpt"):
-        path = Path(pretrained).expanduser()
-        state = read_state_dict(path)
-        model = _create_unloaded(name, device)
-        load_into(model, state, f"checkpoint {path}", name)
-        weights_hash = file_sha256(path)
-        pretrained = str(path)
-    else:
-        tags = open_clip.list_pretrained_tags_by_model(name)
-        if pretrained not in tags:
-            valid = tags + [tag for (arch, tag) in PRETRAINED_RESOLVERS.keys() if arch == name]
-            raise VLPromptError(
-                unknown_name_message(f"pretrained tag for {name}", pretrained, valid or ["(none: pass a file)"])
-            )
-        model = open_clip.create_model(name, pretrained=pretrained, device=device)
+
+    def create(tag: str | None) -> CLIP:
+        return _create_unloaded(name, device) if tag is None else open_clip.create_model(name, pretrained=tag, device=device)
+
+    model, pretrained, weights_hash = build_open_clip(name, pretrained, create)
     return OpenClipBackbone(model.to(device), _identity(model, name, pretrained, weights_hash))

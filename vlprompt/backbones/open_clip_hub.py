@@ -16,13 +16,13 @@ import open_clip
 from vlprompt.backbones.base import Backbone
 from vlprompt.backbones.custom_text import wrap_custom_text
 from vlprompt.backbones.open_clip_backbone import OpenClipBackbone, _identity
+from vlprompt.backbones.pretrained import ignored_by_own_weights
 from vlprompt.backbones.registry import BACKBONE_SOURCES
-from vlprompt.backbones.weights import file_sha256
+from vlprompt.backbones.weights import file_sha256, short_hash
 from vlprompt.errors import VLPromptError
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-IGNORED_TAGS = (None, "", "none", "world")
 
 
 def _first_line(error: BaseException) -> str:
@@ -59,8 +59,9 @@ def _missing(schema: str, location: str, reason: str) -> str:
 
 
 def create_located_backbone(schema: str, location: str, pretrained: str | None, device: str) -> Backbone:
-    """Config and weights from a hub repo or a folder; a plain `CLIP` or a `CustomTextCLIP`."""
-    if pretrained not in IGNORED_TAGS:
+    """Config and weights from a hub repo or a folder; a plain `CLIP` or a `CustomTextCLIP`. The identity
+    records `schema` as its source and ``schema:location`` as its name (what open_clip and its tokenizer read)."""
+    if not ignored_by_own_weights(pretrained):
         raise VLPromptError(f"{schema}:{location} brings its own weights; --pretrained {pretrained!r} is not used (leave it out)")
     name = f"{schema}:{location}"
     if schema == "local-dir" and not (Path(location).expanduser() / CONFIG_FILE).is_file():
@@ -72,9 +73,9 @@ def create_located_backbone(schema: str, location: str, pretrained: str | None, 
         model = open_clip.create_model(name, device=device)
     except Exception as error:  # noqa: BLE001 - hub, JSON and file errors, one line each
         raise VLPromptError(_missing(schema, location, _first_line(error))) from None
-    weights_hash = file_sha256(weights)
+    weights_hash = short_hash(file_sha256(weights))
     if isinstance(model, open_clip.CLIP):
-        return OpenClipBackbone(model.to(device), _identity(model, name, None, weights_hash))
+        return OpenClipBackbone(model.to(device), _identity(model, name, None, weights_hash, source=schema))
     return wrap_custom_text(model, name, None, weights_hash, device, source=schema)
 
 

@@ -20,8 +20,9 @@ import torch
 
 from vlprompt.backbones.base import BackboneIdentity
 from vlprompt.backbones.open_clip_backbone import OpenClipBackbone
+from vlprompt.backbones.pretrained import is_checkpoint_path
 from vlprompt.backbones.registry import BACKBONE_SOURCES
-from vlprompt.backbones.weights import file_sha256, load_into, read_state_dict
+from vlprompt.backbones.weights import file_sha256, load_into, read_state_dict, short_hash
 from vlprompt.errors import VLPromptError
 
 ALLOW_ENV = "VLPROMPT_ALLOW_TORCHSCRIPT"
@@ -67,7 +68,7 @@ def read_openai_state_dict(path: str | Path, allow_torchscript: bool = False) ->
             "https://github.com/openai/CLIP (clip/clip.py, _MODELS); "
             "or use open_clip's tag: --backbone ViT-B-16 --pretrained openai"
         )
-    digest = file_sha256(path, prefix=64)
+    digest = file_sha256(path)
     if is_torchscript_archive(path):
         known = known_openai_files()
         if digest not in known and not _flag_set(allow_torchscript):
@@ -119,7 +120,7 @@ def create_openai_backbone(
     ``torchscript`` to allow an archive that is not a known OpenAI release."""
     if pretrained == TORCHSCRIPT_FLAG:
         allow_torchscript, pretrained = True, None
-    file = pretrained if pretrained and (os.sep in pretrained or Path(pretrained).is_file()) else name
+    file = pretrained if pretrained and (is_checkpoint_path(pretrained) or Path(pretrained).is_file()) else name
     state, digest = read_openai_state_dict(file, allow_torchscript)
     model = build_openai_model(state, str(file))
     identity = BackboneIdentity(
@@ -129,6 +130,6 @@ def create_openai_backbone(
         embed_dim=int(model.text_projection.shape[-1]),
         width=model.transformer.width,
         context_length=model.context_length,
-        weights_hash=digest[:16],
+        weights_hash=short_hash(digest),
     )
     return OpenClipBackbone(model.to(device), identity)

@@ -9,16 +9,24 @@ import torch
 
 from vlprompt.errors import VLPromptError
 
+WEIGHTS_HASH_LENGTH = 16  # hex digits of a weights hash in `BackboneIdentity` (checkpoints and cache keys)
 
-def file_sha256(path: str | Path, prefix: int = 16) -> str:
+
+def file_sha256(path: str | Path) -> str:
+    """Full sha256 hex digest of a file, read in 1 MiB blocks (the zoo verifies whole digests)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()[:prefix]
+    return digest.hexdigest()
 
 
-def state_dict_hash(state: dict[str, torch.Tensor], prefix: int = 16) -> str:
+def short_hash(digest: str) -> str:
+    """The prefix of a digest that `BackboneIdentity.weights_hash` records."""
+    return digest[:WEIGHTS_HASH_LENGTH]
+
+
+def state_dict_hash(state: dict[str, torch.Tensor], prefix: int = WEIGHTS_HASH_LENGTH) -> str:
     """Content hash of a state dict: same numbers -> same hash, wherever they were loaded from."""
     digest = hashlib.sha256()
     for key in sorted(state):

@@ -1,1 +1,30 @@
-"""Extra CLI subcommands: each module here registers itself in `vlprompt.cli.COMMANDS` on import."""
+"""The `vlprompt` subcommands. Each module here registers its argparse parser in `COMMANDS` on import.
+
+Registering must stay cheap: a command module imports only the standard library and light vlprompt
+modules (errors, registry) at the top, and everything heavy (torch, open_clip, transformers,
+`vlprompt.api`, the engine, methods, data readers) inside the function that runs the command. Then
+`vlprompt --help`, `--version` and argument errors answer without loading a deep-learning stack
+(tests/test_cli_responsiveness.py checks that torch stays unimported).
+
+`vlprompt.cli` imports this package, never the reverse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+from collections.abc import Callable
+
+from vlprompt.registry import Registry
+
+AddParser = Callable[[argparse._SubParsersAction], None]
+
+COMMANDS: Registry[AddParser] = Registry("command")
+
+
+def load_commands() -> Registry[AddParser]:
+    """Import every module of this package, so each registers its subcommand; returns `COMMANDS`."""
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+    return COMMANDS

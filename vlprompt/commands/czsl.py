@@ -5,28 +5,38 @@ from __future__ import annotations
 import argparse
 import json
 
-from vlprompt.cli import COMMANDS
+from vlprompt.commands import COMMANDS
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="CZSL experiment YAML (e.g. czsl/mit-states_csp)")
-    parser.add_argument("--root", default=None, help="dataset folder (overrides dataset.root)")
-    parser.add_argument("--out", default=None, help="write czsl_results.json (and the trained prompt) here")
+    parser.add_argument("--config", default="czsl/world",
+                        help="CZSL experiment YAML (e.g. czsl/mit-states_csp); default: the embedded world's set")
+    parser.add_argument("--root", default=None,
+                        help="dataset folder (overrides dataset.root; the world set needs none)")
+    parser.add_argument("--out", default=None,
+                        help="the run's folder: experiment.json and the trained prompt (default runs/<method>/<dataset>/...)")
     parser.add_argument("--json", action="store_true", help="print the full results as JSON")
     parser.add_argument("overrides", nargs="*", help="key.sub=value, e.g. method.name=csp eval.worlds=[closed,open]")
 
 
 def _run(args: argparse.Namespace, train: bool) -> None:
+    from vlprompt.config import ExperimentConfig
     from vlprompt.czsl.evaluate import format_results
-    from vlprompt.czsl.train import load_czsl_config, run_czsl
+    from vlprompt.tasks.runner import run_experiment
 
-    config = load_czsl_config(args.config, args.overrides)
-    out = run_czsl(config, root=args.root, output_dir=args.out, train=train, prompt=getattr(args, "prompt", None))
+    overrides = list(args.overrides) + ["task=czsl"]
+    if args.root:
+        overrides.append(f"dataset.root={args.root}")
+    if args.out:
+        overrides.append(f"output_dir={args.out}")
+    config = ExperimentConfig.load(args.config, overrides)
+    out = run_experiment(config, train=train, prompt=getattr(args, "prompt", None))
     if args.json:
         print(json.dumps(out, indent=2, default=float))
     else:
         print(f"{out['method']} on {out['dataset']}: {out['dataset_summary']}")
-        print(format_results(out["results"]))
+        print(format_results(out["metrics"]))
+        print(f"results in {out['output_dir']}")
 
 
 @COMMANDS.register("czsl")
@@ -36,7 +46,8 @@ def _czsl_command(sub: argparse._SubParsersAction) -> None:
 
     ev = czsl_sub.add_parser("eval", help="evaluate (zero-shot, or a trained prompt with --prompt)")
     _common(ev)
-    ev.add_argument("--prompt", default=None, help="czsl_prompt.pt written by `vlprompt czsl train --out`")
+    ev.add_argument("--prompt", default=None,
+                    help="a trained prompt (prompt.safetensors from `vlprompt czsl train`) or a zoo name")
     ev.set_defaults(run=lambda args: _run(args, train=False))
 
     tr = czsl_sub.add_parser("train", help="train on the train pairs, then evaluate")
@@ -45,9 +56,9 @@ def _czsl_command(sub: argparse._SubParsersAction) -> None:
 
     mp = czsl_sub.add_parser("make-pairs", help="regenerate {train,val,test}_pairs.txt from the metadata file")
     mp.add_argument("root", help="dataset folder holding metadata_<split>.t7")
-    mp.add_argument("--split-dir", default="compositional-split-natural")
+    mp.add_argument("--split-dir", default="compositional-split-natural", help="the split's folder under root")
     mp.add_argument("--metadata", default=None, help="metadata file name (default metadata_<split-dir>.t7)")
-    mp.add_argument("--overwrite", action="store_true")
+    mp.add_argument("--overwrite", action="store_true", help="replace existing pair files")
 
     def make_pairs(args: argparse.Namespace) -> None:
         from vlprompt.czsl.data import make_pair_files
@@ -58,9 +69,9 @@ def _czsl_command(sub: argparse._SubParsersAction) -> None:
     mp.set_defaults(run=make_pairs)
 
     info = czsl_sub.add_parser("info", help="counts of attributes, objects, pairs and images")
-    info.add_argument("root")
-    info.add_argument("--split-dir", default="compositional-split-natural")
-    info.add_argument("--open-world", action="store_true")
+    info.add_argument("root", help="dataset folder")
+    info.add_argument("--split-dir", default="compositional-split-natural", help="the split's folder under root")
+    info.add_argument("--open-world", action="store_true", help="count every attribute-object pair as a candidate")
 
     def show(args: argparse.Namespace) -> None:
         from vlprompt.czsl.data import CZSLDataset

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from vlprompt.cli import COMMANDS
-from vlprompt.data.webdataset_reader import WdsDataset
+from vlprompt.commands import COMMANDS
 from vlprompt.errors import VLPromptError
+
+if TYPE_CHECKING:  # the reader pulls in webdataset and torch: imported where a command runs
+    from vlprompt.data.webdataset_reader import WdsDataset
 
 SHOW = 5  # how many missing / corrupt files a report names
 
@@ -48,6 +51,7 @@ def check_dataset(name: str, root: str | Path | None, decode: bool = False) -> l
     """
     from vlprompt.data.images import load_image
     from vlprompt.data.registry import load_dataset, split_prefix
+    from vlprompt.data.webdataset_reader import WdsDataset
 
     if split_prefix(name) is None:
         if root is None:
@@ -97,6 +101,7 @@ def _stream_problems(dataset: WdsDataset) -> list[str]:
 
 def summary(name: str, root: str | Path | None) -> str:
     from vlprompt.data.registry import load_dataset
+    from vlprompt.data.webdataset_reader import WdsDataset
 
     dataset = load_dataset(name, root)
     if isinstance(dataset, WdsDataset):

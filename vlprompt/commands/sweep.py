@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from vlprompt.cli import COMMANDS
+from vlprompt.commands import COMMANDS
 from vlprompt.errors import VLPromptError
 
 

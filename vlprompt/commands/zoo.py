@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vlprompt.cli import COMMANDS
+from vlprompt.commands import COMMANDS
 from vlprompt.errors import VLPromptError
 
 
@@ -138,25 +138,25 @@ def _zoo_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_list)
 
     p = actions.add_parser("info", help="one entry: sources, sha256, size, method, backbone, metrics")
-    p.add_argument("name")
+    p.add_argument("name", help="zoo entry name (see `vlprompt zoo list`)")
     p.set_defaults(run=_info)
 
     p = actions.add_parser("download", help="fetch entries into the cache (sha256-verified)")
-    p.add_argument("names", nargs="*")
+    p.add_argument("names", nargs="*", help="zoo entry names")
     p.add_argument("--all", action="store_true", help="every entry")
-    p.add_argument("--retries", type=int, default=3)
+    p.add_argument("--retries", type=int, default=3, help="retries per URL source after a failed or broken transfer (resumed)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds without data before a retry")
     p.set_defaults(run=_download)
 
     p = actions.add_parser("verify", help="re-hash local copies (default: every entry)")
-    p.add_argument("names", nargs="*")
+    p.add_argument("names", nargs="*", help="zoo entry names (default: every entry)")
     p.set_defaults(run=_verify)
 
     p = actions.add_parser("push", help="upload a prompt to a Hugging Face Hub repo")
     p.add_argument("prompt", help="checkpoint path or zoo name")
     p.add_argument("--repo", required=True, help="hub repo id, e.g. me/coop-eurosat-16shot")
     p.add_argument("--revision", default=None, help="branch to push to")
-    p.add_argument("--private", action="store_true")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
     p.add_argument("--token", default=None, help="default: $HF_TOKEN or the saved login")
     p.set_defaults(run=_push)
 
@@ -164,13 +164,13 @@ def _zoo_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("prompt", help="checkpoint path or zoo name")
     p.add_argument("--out", required=True, help="output .pt file")
     p.add_argument("--classes", default=None, help="'a,b,c' or a file with one class name per line")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="device that encodes the class texts: cpu, cuda, cuda:1 or auto")
     p.set_defaults(run=_export)
 
     p = actions.add_parser("add", help="bundle a trained prompt in the package and list it in the registry (maintainers)")
     p.add_argument("checkpoint", help="a saved prompt (.safetensors/.json)")
-    p.add_argument("--name", required=True)
-    p.add_argument("--description", default="")
+    p.add_argument("--name", required=True, help="entry name: letters, digits, '.', '_', '+' or '-'")
+    p.add_argument("--description", default="", help="one line shown by `vlprompt zoo info`")
     p.add_argument("--registry", default=None, help="registry file (default: the shipped vlprompt/zoo/registry.json)")
     p.add_argument("--bundled-dir", default=None, help="where the file goes (default: bundled/ beside the registry)")
     p.add_argument("--source", action="append", default=[], help="extra mirror source (URL or hf://...) after the bundled one")

@@ -18,7 +18,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from vlprompt.czsl.data import CZSLDataset
-from vlprompt.czsl.methods import PairMethod
 from vlprompt.czsl.metrics import (
     ScoreAccumulator,
     apply_feasibility,
@@ -27,6 +26,7 @@ from vlprompt.czsl.metrics import (
 )
 from vlprompt.engine.views import SeededImages
 from vlprompt.errors import VLPromptError
+from vlprompt.methods.pairs import PairMethod
 
 
 @dataclass

@@ -23,9 +23,9 @@ RUN = re.compile(r"^(?P<method>.+?)(?:_s(?P<seed>\d+))?$")
 
 
 def load_runs(root: str | Path) -> dict[str, list[dict]]:
-    """``{method: [czsl_results.json of each seed, ...]}`` from ``root/<method>_s<seed>/``."""
+    """``{method: [experiment.json of each seed, ...]}`` from ``root/<method>_s<seed>/``."""
     runs: dict[str, list[dict]] = defaultdict(list)
-    for path in sorted(Path(root).glob("*/czsl_results.json")):
+    for path in sorted(Path(root).glob("*/experiment.json")):
         match = RUN.match(path.parent.name)
         data = json.loads(path.read_text())
         runs[data.get("method") or match["method"]].append(data)
@@ -36,14 +36,14 @@ def table(runs: dict[str, list[dict]], split: str) -> str:
     head = "| method | seeds | " + " | ".join(c for _, c in COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
     for method, results in runs.items():
-        rows = [r["results"][split] for r in results if split in r["results"]]
+        rows = [r["metrics"][split] for r in results if split in r["metrics"]]
         if not rows:
             continue
         cells = []
         for key, _ in COLUMNS:
             v = np.array([row[key] for row in rows], dtype=float)
             cells.append(f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}")
-        seeds = ",".join(str(r.get("seed")) for r in results if split in r["results"])
+        seeds = ",".join(str(r.get("seed")) for r in results if split in r["metrics"])
         lines.append(f"| {method} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -63,7 +63,7 @@ def plot(runs: dict[str, list[dict]], splits: list[str], path: str | Path) -> No
         for k, (key, label) in enumerate([("AUC", "AUC"), ("best_hm", "best HM")]):
             means, stds = [], []
             for m in methods:
-                v = np.array([r["results"][split][key] for r in runs[m] if split in r["results"]], dtype=float)
+                v = np.array([r["metrics"][split][key] for r in runs[m] if split in r["metrics"]], dtype=float)
                 means.append(v.mean())
                 stds.append(v.std(ddof=1) if len(v) > 1 else 0.0)
             x = np.arange(len(methods)) + (k - 0.5) * width
@@ -78,7 +78,7 @@ def plot(runs: dict[str, list[dict]], splits: list[str], path: str | Path) -> No
         ax = axes[2 * s + 1]
         for m in methods:
             for i, r in enumerate(runs[m]):
-                res = r["results"].get(split)
+                res = r["metrics"].get(split)
                 if res and "curve_seen" in res:
                     ax.plot(res["curve_unseen"], res["curve_seen"], color=colours[m], alpha=0.7,
                             label=m if i == 0 else None)

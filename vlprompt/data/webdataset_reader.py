@@ -5,6 +5,12 @@
     <folder>/<split>/0.tar, 1.tar, ...               samples: <key>.{webp,jpg,png,...} + <key>.cls (label)
     <folder>/<split>/nshards.txt                     optional: the number of shards
 
+Nothing in this layout declares how many samples a split has, so each shard is checked as it is
+streamed (`tar_problem`): its headers must chain to tar's end-of-archive block. A shard cut inside a
+member, or at a member boundary (which tarfile would read as a shorter, valid archive), or with a
+damaged header (where tarfile silently stops) fails with one line naming it, instead of evaluating
+part of the split.
+
 ``wds:<folder>`` names such a folder wherever a dataset name is accepted (`load_dataset`, ``vlprompt
 eval --dataset``, an experiment's ``dataset.name``). `read_wds_dataset` gives a `WdsDataset` whose
 ``split(name)`` is a lazy `WdsSplit`: nothing is listed or decoded until the engine streams it
@@ -18,7 +24,9 @@ Written against webdataset's public API only (runs on 0.2.x and 1.x).
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator, Sequence
+import os
+import tarfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +36,26 @@ from torch.utils.data import IterableDataset
 
 from vlprompt.data.fgvc import read_lines
 from vlprompt.data.folder import DEFAULT_TEMPLATE
+from vlprompt.data.images import ImageDecodeError, unwrap_worker_message
 from vlprompt.errors import VLPromptError
 from vlprompt.prompts.templates import check_template
 
 IMAGE_KEYS = ("webp", "jpg", "jpeg", "png", "ppm", "bmp")
+BLOCK = 512  # tar's block: headers, member data (padded) and the end-of-archive marker are whole blocks
+_ZERO_BLOCK = bytes(BLOCK)
+# members whose data tarfile does not skip, whatever their size field says
+_NO_DATA_TYPES = frozenset(
+    {tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.DIRTYPE, tarfile.FIFOTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE}
+)
+_MAX_TAIL = 1 << 20  # after the end-of-archive block a tar holds zero padding (a 10 KiB record at most)
+
+
+class WdsError(VLPromptError):
+    """A shard or sample that cannot be read; the message names it. Raised in a DataLoader worker, it
+    reaches the main process as the same one line (see `unwrap_worker_message`)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(unwrap_worker_message(message))
 
 
 @dataclass
@@ -81,9 +105,9 @@ def parse_label(raw: bytes | str | int, where: str, num_classes: int) -> int:
     try:
         label = int(raw.decode() if isinstance(raw, bytes) else raw)
     except (ValueError, UnicodeDecodeError):
-        raise VLPromptError(f"{where}: label {raw!r:.40} is not an integer") from None
+        raise WdsError(f"{where}: label {raw!r:.40} is not an integer") from None
     if not 0 <= label < num_classes:
-        raise VLPromptError(f"{where}: label {label} is outside 0..{num_classes - 1} (classnames.txt)")
+        raise WdsError(f"{where}: label {label} is outside 0..{num_classes - 1} (classnames.txt)")
     return label
 
 
@@ -95,13 +119,72 @@ def decode_image(data: bytes, where: str) -> Image.Image:
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise VLPromptError(f"cannot decode image of {where}: {reason}") from None
+        raise ImageDecodeError(f"cannot decode image of {where}: {reason}") from None
+
+
+def tar_problem(path: str | os.PathLike) -> str | None:
+    """What makes the tar at `path` incomplete, or None when its member headers chain to the
+    end-of-archive block with only zero padding after it.
+
+    tarfile cannot tell: it reads a tar cut at a member boundary as a shorter valid archive, and stops
+    without a word at a damaged header after the first. One 512-byte read per member (seeking past the
+    data) and a read of the tail: milliseconds for a shard whose images take seconds to decode.
+    """
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size == 0:
+                return "is empty (0 bytes)"
+            offset = 0
+            while True:
+                handle.seek(offset)
+                header = handle.read(BLOCK)
+                if not header:
+                    return f"is truncated: it ends after {offset} bytes without tar's end-of-archive block"
+                if len(header) < BLOCK:
+                    return f"is truncated: it ends inside a tar header at byte {offset}"
+                if header == _ZERO_BLOCK:
+                    break
+                try:
+                    info = tarfile.TarInfo.frombuf(header, tarfile.ENCODING, "surrogateescape")
+                except tarfile.HeaderError as error:
+                    return f"has a damaged tar header at byte {offset} ({error})"
+                data = 0 if info.type in _NO_DATA_TYPES else -(-info.size // BLOCK) * BLOCK  # as tarfile skips
+                end = offset + BLOCK + data
+                if end > size:
+                    return (f"is truncated: member {info.name} (byte {offset}) needs {end - offset} bytes, "
+                            f"{size - offset} are left")
+                offset = end
+            tail = size - offset - BLOCK
+            if tail > _MAX_TAIL or handle.read(tail).count(0) != tail:
+                return f"has data after its end-of-archive block at byte {offset} (a lost header?)"
+    except OSError as error:
+        return f"cannot be read: {error.strerror or error}"
+    return None
+
+
+def checked_shard_samples(shards: Iterable[dict]) -> Iterator[dict]:
+    """webdataset's ``tarfile_to_samples`` stage, one shard at a time: a shard is first checked whole
+    (`tar_problem`), and any error reading it is one `WdsError` naming it, never a tarfile traceback."""
+    import webdataset as wds
+
+    expand = wds.tarfile_to_samples()
+    for shard in shards:
+        url = shard["url"]
+        problem = tar_problem(url)
+        if problem:
+            raise WdsError(f"webdataset shard {url} {problem}")
+        try:
+            yield from expand(iter([shard]))
+        except (tarfile.TarError, OSError, EOFError) as error:
+            reason = str(error.args[0]) if error.args else type(error).__name__
+            raise WdsError(f"webdataset shard {url} cannot be read: {reason.split(' @ ')[0]}") from None
 
 
 def _check_sample(sample: dict, where: str) -> str:
     key = image_key(list(sample))
     if key is None or "cls" not in sample:
-        raise VLPromptError(f"{where}: expected an image ({'/'.join(IMAGE_KEYS)}) and a .cls label, got {sorted(sample)}")
+        raise WdsError(f"{where}: expected an image ({'/'.join(IMAGE_KEYS)}) and a .cls label, got {sorted(sample)}")
     return key
 
 
@@ -141,7 +224,7 @@ class WdsClassification(IterableDataset):
         stages = [wds.SimpleShardList(urls)]
         if self.split_by_node:
             stages.append(wds.split_by_node)
-        pipeline = wds.DataPipeline(*stages, wds.split_by_worker, wds.tarfile_to_samples())
+        pipeline = wds.DataPipeline(*stages, wds.split_by_worker, checked_shard_samples)
         num_classes = len(self.info.classnames)
         index = 0
         for sample in pipeline:

@@ -29,14 +29,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from vlprompt.backbones.model_configs import register_model_configs
+from vlprompt.embedded.architecture import WORLD_ARCH, register_world_architecture
 from vlprompt.embedded.batches import caption_batch, normalize_images, positives_matrix, render_batch
 from vlprompt.embedded.captions import caption_words
 from vlprompt.embedded.render import render_scene
 from vlprompt.embedded.scene import sample_scene
 from vlprompt.embedded.vocab import COLOUR_NAMES, SHAPES
 
-MODEL_NAME = "vlprompt-tiny"
+MODEL_NAME = WORLD_ARCH
 RECIPE_SEED = 20240607
 EVAL_SEED = 12345
 
@@ -57,7 +57,7 @@ class PretrainConfig:
 
 def create_world_model() -> nn.Module:
     """A randomly initialised `vlprompt-tiny` open_clip model (seed the torch RNG first)."""
-    register_model_configs()
+    register_world_architecture()
     import logging
 
     logging.getLogger().disabled = True  # open_clip warns that no pretrained weights were loaded
@@ -69,7 +69,7 @@ def create_world_model() -> nn.Module:
 
 def tokenizer():
     """The real CLIP BPE tokenizer at vlprompt-tiny's context length (32)."""
-    register_model_configs()
+    register_world_architecture()
     return open_clip.get_tokenizer(MODEL_NAME)
 
 

@@ -1,6 +1,6 @@
 """Engine: frozen feature extraction, metrics and evaluation (the trainer lives here too)."""
 
-from vlprompt.engine.features import extract_image_features, stream_image_features, text_classifier
+from vlprompt.engine.features import extract_image_features, stream_image_features
 from vlprompt.engine.metrics import classification_metrics
 from vlprompt.engine.zero_shot import evaluate_zero_shot, format_results_table
 
@@ -10,5 +10,4 @@ __all__ = [
     "extract_image_features",
     "format_results_table",
     "stream_image_features",
-    "text_classifier",
 ]

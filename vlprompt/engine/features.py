@@ -18,7 +18,6 @@ from tqdm.auto import tqdm
 from vlprompt.backbones.base import Backbone
 from vlprompt.data.classification import ImageItems, Item
 from vlprompt.data.images import decode_plain_png
-from vlprompt.prompts.templates import fill_templates
 
 
 def _to_tensor_types() -> tuple[type, ...]:
@@ -379,29 +378,3 @@ def _encode_images(
     if not features:
         return torch.empty(0, backbone.identity.embed_dim)
     return torch.cat(features)
-
-
-def text_classifier(
-    backbone: Backbone, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 1024
-) -> torch.Tensor:
-    """Zero-shot class weights ``[C, D]`` (fp32, on the backbone's device): CLIP's ensembling recipe.
-
-    Each class's prompts are encoded and L2-normalised, averaged over templates in feature space,
-    then re-normalised. All ``C * T`` prompts go through the text tower in batches of `batch_size`.
-    The result is an ordinary tensor, usable as a frozen target in a loss.
-    """
-    with torch.inference_mode():
-        weights = _ensemble(backbone, classnames, templates, batch_size)
-    return weights.clone()
-
-
-def _ensemble(backbone: Backbone, classnames: Sequence[str], templates: Sequence[str], batch_size: int) -> torch.Tensor:
-    prompts = [p for per_class in fill_templates(templates, classnames) for p in per_class]
-    encoded = torch.cat(
-        [
-            F.normalize(backbone.encode_text(prompts[i : i + batch_size]).float(), dim=-1)
-            for i in range(0, len(prompts), batch_size)
-        ]
-    )
-    per_class = encoded.view(len(classnames), len(templates), -1)
-    return F.normalize(per_class.mean(dim=1), dim=-1)

@@ -29,6 +29,12 @@ def _sgd(params: Iterable[torch.nn.Parameter], lr: float, momentum: float, weigh
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
+@OPTIMIZERS.register("adam")
+def _adam(params: Iterable[torch.nn.Parameter], lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Adam with L2 weight decay (not AdamW): what CSP and DFSP train with."""
+    return torch.optim.Adam(params, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
+
+
 @OPTIMIZERS.register("adamw")
 def _adamw(params: Iterable[torch.nn.Parameter], lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
@@ -49,6 +55,12 @@ def _cosine(base_lr: float, t: float, length: int) -> float:
 @SCHEDULES.register("constant")
 def _constant(base_lr: float, t: float, length: int) -> float:
     return base_lr
+
+
+@SCHEDULES.register("step3")
+def _step3(base_lr: float, t: float, length: int) -> float:
+    """StepLR(step_size=3, gamma=0.5): DFSP's schedule."""
+    return base_lr * 0.5 ** math.floor(t / 3)
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,10 @@ samples of every global batch, and DDP's gradient averaging reproduces the singl
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -39,56 +38,10 @@ from vlprompt.engine.evaluate import evaluate_method
 from vlprompt.engine.logging import MetricsLog, progress_bar, write_json
 from vlprompt.engine.optim import LRSchedule, build_optimizer
 from vlprompt.engine.precision import Precision, resolve_precision
+from vlprompt.engine.train_config import TrainConfig
 from vlprompt.engine.views import ItemLike, SeededImages, item_fingerprint, stable_seed
 from vlprompt.errors import VLPromptError
 from vlprompt.methods.base import PromptMethod
-
-
-@dataclass
-class TrainConfig:
-    """How to train; CoOp's defaults (SGD 0.002, momentum 0.9, wd 5e-4, batch 32, 1 warm-up epoch)."""
-
-    optimizer: str = "sgd"  # sgd | adamw (registry: vlprompt.engine.optim.OPTIMIZERS)
-    lr: float = 0.002
-    momentum: float = 0.9  # SGD momentum, AdamW beta1
-    weight_decay: float = 5e-4
-    epochs: int = 10
-    batch_size: int = 32  # global batch, split over ranks
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5  # constant during warm-up
-    schedule: str = "cosine"  # cosine | constant, after warm-up
-    schedule_per_step: bool = False  # False: lr changes once per epoch, like CoOp
-    grad_clip: float | None = None  # max gradient norm
-    seed: int = 1
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast on CUDA only)
-    augment_views: int = 0  # 0: cached eval-transform features; N: N cached augmented views
-    eval_every: int = 0  # evaluate val items every N epochs (0: only after the last epoch)
-    output_dir: str | None = None  # last.pt, metrics.jsonl, result.json; None: nothing written
-    num_workers: int = 0
-    eval_batch_size: int = 256
-    device: str = "auto"  # auto: cuda:LOCAL_RANK if available, else cpu
-    progress: bool | None = None  # None: progress bars only on a terminal
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any] | None, where: str = "train") -> TrainConfig:
-        """Build from a dict, rejecting unknown keys with one clear line."""
-        values = dict(values or {})
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = [k for k in values if k not in valid]
-        if unknown:
-            from vlprompt.registry import unknown_name_message
-
-            raise VLPromptError(unknown_name_message(f"{where} key", unknown[0], valid))
-        return cls(**values)
-
-    def check(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise VLPromptError(f"train config: {name} must be >= 1, got {getattr(self, name)}")
-        if self.warmup_epochs < 0 or self.augment_views < 0 or self.eval_every < 0:
-            raise VLPromptError("train config: warmup_epochs, augment_views and eval_every must be >= 0")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise VLPromptError(f"train config: grad_clip must be positive or None, got {self.grad_clip}")
 
 
 def seed_everything(seed: int) -> None:
@@ -166,7 +119,7 @@ class Trainer:
         method = self.method
         params = self._trainable_parameters()
         # A method may split its parameters into groups with their own lr_scale (param_groups(lr)).
-        groups = method.param_groups(cfg.lr) if hasattr(method, "param_groups") else params
+        groups = method.param_groups(cfg.lr)
         optimizer = build_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum, cfg.weight_decay)
         schedule = LRSchedule(cfg.lr, cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr, cfg.schedule)
         precision = resolve_precision(cfg.precision, self.device)
@@ -335,25 +288,30 @@ class Trainer:
             self._batch_iter(epoch, data, batches, views), desc=f"epoch {epoch + 1}/{cfg.epochs}",
             enabled=self._show_progress, total=steps,
         )
+        device_type = self.device.type
+
+        def backward(loss: torch.Tensor) -> None:
+            with torch.autocast(device_type, enabled=False):  # backward outside autocast, as recommended
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+
         for step, batch in enumerate(bar):
             if cfg.schedule_per_step:
                 lr = schedule.apply(optimizer, epoch + step / steps)
+            optimizer.zero_grad(set_to_none=True)
             with precision.autocast():
-                logits = model(batch)
-                loss, stats = method.loss(logits, batch)
+                # the method's step: forward, loss and backward (a hook, so gradient-surgery methods can
+                # combine the gradients of several losses); the NaN guard runs before the optimizer steps
+                loss, stats = method.train_step(batch, model, backward)
             bad = not bool(torch.isfinite(loss.detach()).all())
             if dist_utils.any_rank(bad, self.device):
                 self._raise_nan(loss, epoch, step, steps)
-            optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
-                scaler.scale(loss).backward()
                 if cfg.grad_clip:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
             else:
-                loss.backward()
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()

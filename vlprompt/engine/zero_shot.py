@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.data.classification import ClassificationDataset
-from vlprompt.engine.features import features_and_labels, text_classifier
+from vlprompt.engine.features import features_and_labels
 from vlprompt.engine.metrics import classification_metrics
+from vlprompt.prompts.handcrafted import text_classifier
 from vlprompt.prompts.templates import get_templates
 
 if TYPE_CHECKING:

@@ -1,6 +1,14 @@
-"""Methods: one module per method (config dataclass + nn.Module + loss), registered by name."""
+"""Methods: one module per method (config dataclass + nn.Module + loss), registered by name and task.
 
-from vlprompt.methods import cocoop, coop, kgcoop, lasp, linear_probe, zero_shot  # noqa: F401  (fill the registry)  # noqa: F401  (LASP and KgCoOp)
-from vlprompt.methods.base import METHODS, MethodConfig, PromptMethod, build_method
+Importing this package fills the registry with every method of both tasks (classification and
+compositional zero-shot).
+"""
 
-__all__ = ["METHODS", "MethodConfig", "PromptMethod", "build_method"]
+from vlprompt.methods import cocoop, coop, csp, dfsp, kgcoop, lasp, linear_probe, pairs, zero_shot  # noqa: F401
+from vlprompt.methods.base import METHODS, MethodConfig, MethodContext, PromptMethod, build_method, register_method
+from vlprompt.methods.label_space import ClassLabels, LabelSpace, PairLabels
+
+__all__ = [
+    "METHODS", "ClassLabels", "LabelSpace", "MethodConfig", "MethodContext", "PairLabels", "PromptMethod",
+    "build_method", "register_method",
+]

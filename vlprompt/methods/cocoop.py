@@ -12,6 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.methods.base import MethodConfig, PromptMethod, register_method
+from vlprompt.methods.label_space import LabelSpace
 from vlprompt.prompts.assembler import PromptAssembler
 from vlprompt.prompts.context import initial_context
 from vlprompt.prompts.templates import prompt_classname
@@ -34,14 +35,14 @@ class CoCoOp(PromptMethod):
 
     config_class = CoCoOpConfig
 
-    def __init__(self, backbone: Backbone, classnames: Sequence[str], config: CoCoOpConfig) -> None:
-        super().__init__(backbone, classnames, config)
+    def __init__(self, backbone: Backbone, labels: LabelSpace | Sequence[str], config: CoCoOpConfig) -> None:
+        super().__init__(backbone, labels, config)
         ctx = initial_context(backbone, config.n_ctx, config.ctx_init, config.init_std, config.init_seed)
         self.ctx = nn.Parameter(ctx)
         embed_dim, width = backbone.identity.embed_dim, backbone.identity.width
         hidden = max(1, embed_dim // 16)
         self.meta_net = nn.Sequential(nn.Linear(embed_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, width))
-        self.set_classnames(classnames)
+        self.set_classnames(self.classnames)
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
         names = [prompt_classname(name) for name in classnames]

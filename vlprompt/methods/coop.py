@@ -12,6 +12,7 @@ from torch import nn
 from vlprompt.backbones.base import Backbone
 from vlprompt.errors import VLPromptError
 from vlprompt.methods.base import MethodConfig, PromptMethod, register_method
+from vlprompt.methods.label_space import LabelSpace
 from vlprompt.prompts.assembler import PromptAssembler
 from vlprompt.prompts.context import initial_context
 from vlprompt.prompts.templates import prompt_classname
@@ -46,8 +47,9 @@ class CoOp(PromptMethod):
 
     config_class = CoOpConfig
 
-    def __init__(self, backbone: Backbone, classnames: Sequence[str], config: CoOpConfig) -> None:
-        super().__init__(backbone, classnames, config)
+    def __init__(self, backbone: Backbone, labels: LabelSpace | Sequence[str], config: CoOpConfig) -> None:
+        super().__init__(backbone, labels, config)
+        classnames = self.classnames
         if config.class_position not in _LAYOUTS:
             raise VLPromptError(
                 f"coop: class_position {config.class_position!r} is not one of {sorted(_LAYOUTS)}"

@@ -17,11 +17,11 @@ import torch
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.methods.base import register_method
-from vlprompt.methods.coop import _LAYOUTS, CoOp, CoOpConfig, context_slots
+from vlprompt.methods.coop import CoOp, CoOpConfig
+from vlprompt.methods.label_space import LabelSpace
 from vlprompt.methods.lasp import resolve_templates
 from vlprompt.methods.text_losses import kgcoop_loss
-from vlprompt.prompts.assembler import PromptAssembler
-from vlprompt.prompts.templates import prompt_classname
+from vlprompt.prompts.handcrafted import text_classifier
 
 
 @dataclass
@@ -37,28 +37,17 @@ class KgCoOpConfig(CoOpConfig):
 class KgCoOp(CoOp):
     config_class = KgCoOpConfig
 
-    def __init__(self, backbone: Backbone, classnames: Sequence[str], config: KgCoOpConfig) -> None:
-        super().__init__(backbone, classnames, config)
+    def __init__(self, backbone: Backbone, labels: LabelSpace | Sequence[str], config: KgCoOpConfig) -> None:
+        super().__init__(backbone, labels, config)
         self._hand: tuple[tuple[str, ...], torch.Tensor] | None = None
         self._last_text: torch.Tensor | None = None
         self.templates = resolve_templates(config)
-
-    def _build_prompts(self, classnames: Sequence[str]) -> None:
-        # As KgCoOp (and CoOp's own code): class names with underscores as spaces.
-        template = _LAYOUTS[self.config.class_position]
-        names = [prompt_classname(c) for c in classnames]
-        self.prompts = PromptAssembler(
-            self.backbone, template, {"class": names}, context_slots(self.n_ctx, self.config.class_position)
-        )
-        self.classnames = list(classnames)
 
     def handcrafted(self) -> torch.Tensor:
         """``[C, D]`` template-ensembled hand-crafted features of the current classes (computed once per
         class list)."""
         key = tuple(self.classnames)
         if self._hand is None or self._hand[0] != key:
-            from vlprompt.engine.features import text_classifier
-
             self._hand = (key, text_classifier(self.backbone, self.classnames, self.templates, self.config.encode_batch_size))
         return self._hand[1]
 

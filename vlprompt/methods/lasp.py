@@ -29,35 +29,35 @@ DDP; the shared backbone (and every other method or zero-shot baseline using it)
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
+from vlprompt.backbones.capabilities import Capability
 from vlprompt.errors import VLPromptError
-from vlprompt.methods.base import MethodConfig, PromptMethod, register_method
-from vlprompt.methods.text_losses import DIRECTIONS, handcrafted_features, text_to_text_loss
+from vlprompt.methods.base import MethodConfig, MethodContext, PromptMethod, register_method
+from vlprompt.methods.label_space import LabelSpace
+from vlprompt.methods.text_losses import DIRECTIONS, text_to_text_loss
 from vlprompt.prompts.assembler import PromptAssembler
 from vlprompt.prompts.context import initial_context
+from vlprompt.prompts.handcrafted import handcrafted_features
 from vlprompt.prompts.templates import TEMPLATE_BANKS, get_templates, prompt_classname
 
-# open_clip ViT blocks (ln_1 / ln_2, as the official code) or Hugging Face CLIP (layer_norm1 / 2);
-# the pre/post LayerNorms and everything in the text tower stay frozen.
-DEFAULT_IMAGE_LN_PATTERN = (
-    r"(visual\.transformer\.resblocks\.\d+\.ln_[12]|vision_model\.encoder\.layers\.\d+\.layer_norm[12])"
-    r"\.(weight|bias)$"
-)
 GROUP_CE = ("ensemble", "per_group")
 
 
 @dataclass
 class LASPConfig(MethodConfig):
+    # image_ln_pattern: a regex over parameter names, replaced by `Backbone.image_norm_parameters`;
+    # published checkpoints still record it, so it is dropped on load
+    retired_keys: ClassVar[tuple[str, ...]] = ("image_ln_pattern",)
+
     n_ctx: int = 4
     ctx_init: str = "a photo of a"  # words (sets n_ctx) or "" for N(0, init_std)
     init_std: float = 0.02
@@ -74,8 +74,14 @@ class LASPConfig(MethodConfig):
     text_bias: bool = False  # learnable bias on soft-prompt text features (official: on)
     image_ln: bool = False  # train the image tower's block LayerNorms (official: on)
     image_ln_lr_scale: float = 0.1
-    image_ln_pattern: str = DEFAULT_IMAGE_LN_PATTERN
     encode_batch_size: int = 1024  # prompts per text-tower call for the hand-crafted features
+
+    def resolve(self, context: MethodContext) -> None:
+        """``virtual_classes: new`` (LASP-V) names the classes of the protocol's "new" evaluation."""
+        if self.virtual_classes == "new":
+            if "new" not in context.evaluations:
+                raise VLPromptError("lasp: virtual_classes: new needs protocol base-to-new (it names the new classes)")
+            self.virtual_classes = list(context.evaluations["new"].names)
 
 
 def read_virtual_classes(spec: Any) -> list[str]:
@@ -143,8 +149,9 @@ class LASP(PromptMethod):
 
     config_class = LASPConfig
 
-    def __init__(self, backbone: Backbone, classnames: Sequence[str], config: LASPConfig) -> None:
-        super().__init__(backbone, classnames, config)
+    def __init__(self, backbone: Backbone, labels: LabelSpace | Sequence[str], config: LASPConfig) -> None:
+        super().__init__(backbone, labels, config)
+        classnames = self.classnames
         if config.direction not in DIRECTIONS:
             raise VLPromptError(f"lasp: direction {config.direction!r} is not one of {list(DIRECTIONS)}")
         if config.group_ce not in GROUP_CE:
@@ -176,7 +183,7 @@ class LASP(PromptMethod):
         self.image_ln = nn.ParameterDict()
         self._image_ln_names: dict[str, str] = {}
         if config.image_ln:
-            self._init_image_ln(backbone, config.image_ln_pattern)
+            self._init_image_ln(backbone)
         self._image_tower = [_ImageTower(backbone)]  # in a list: not a submodule, owns no weights
 
         self._handcrafted: torch.Tensor | None = None  # [T, C_all, D], built on first use
@@ -191,18 +198,19 @@ class LASP(PromptMethod):
         names = [prompt_classname(c) for c in classnames]
         return PromptAssembler(self.backbone, "{ctx} {class}.", {"class": names}, {"ctx": self.n_ctx})
 
-    def _init_image_ln(self, backbone: Backbone, pattern: str) -> None:
-        regex = re.compile(pattern)
-        for name, param in backbone.named_parameters():
-            if regex.search(name):
-                key = name.replace(".", "__")
-                self.image_ln[key] = nn.Parameter(param.detach().float().clone())
-                self._image_ln_names[key] = f"backbone.{name}"
-        if not self._image_ln_names:
-            raise VLPromptError(
-                f"lasp: image_ln is on but no image-tower parameter of {backbone.identity.describe()} matches "
-                f"{pattern!r} (a ResNet image tower has no LayerNorms; set image_ln: false)"
-            )
+    def _init_image_ln(self, backbone: Backbone) -> None:
+        """Copies of the image tower's per-block LayerNorm parameters, as the backbone names them (the official
+        code tunes every block's two norms; the pre/post norms and the text tower stay frozen)."""
+        backbone.require(Capability.IMAGE_NORMS, "lasp: image_ln", "a ResNet image tower has no LayerNorms; set image_ln: false")
+        for name, param in backbone.image_norm_parameters().items():
+            key = name.replace(".", "__")
+            self.image_ln[key] = nn.Parameter(param.detach().float().clone())
+            self._image_ln_names[key] = f"backbone.{name}"
+
+    def result_metadata(self) -> dict[str, Any]:
+        """The names L_TT saw (training classes, then the virtual ones): a result proves what was used."""
+        return {"loss_classnames": list(self.text_loss_classnames or self.train_classnames),
+                "virtual_classnames": list(self.virtual_classnames)}
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
         """Classes to classify (e.g. the new classes at evaluation). L_TT keeps the names it was built

@@ -16,6 +16,7 @@ from torch import nn
 from vlprompt.backbones.base import Backbone
 from vlprompt.errors import VLPromptError
 from vlprompt.methods.base import MethodConfig, PromptMethod, register_method
+from vlprompt.methods.label_space import LabelSpace
 
 
 @dataclass
@@ -46,10 +47,11 @@ class LinearProbe(PromptMethod):
 
     config_class = LinearProbeConfig
     class_agnostic = False
+    fits_in_one_shot = True
 
-    def __init__(self, backbone: Backbone, classnames: Sequence[str], config: LinearProbeConfig) -> None:
-        super().__init__(backbone, classnames, config)
-        self.head = nn.Linear(backbone.identity.embed_dim, len(classnames))
+    def __init__(self, backbone: Backbone, labels: LabelSpace | Sequence[str], config: LinearProbeConfig) -> None:
+        super().__init__(backbone, labels, config)
+        self.head = nn.Linear(backbone.identity.embed_dim, len(self.classnames))
         self.chosen_weight_decay: float | None = None
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
@@ -63,7 +65,7 @@ class LinearProbe(PromptMethod):
         return self.head(self.image_features(batch).float())
 
     @torch.enable_grad()
-    def fit(
+    def fit_features(
         self,
         features: torch.Tensor,
         labels: torch.Tensor,

@@ -1,6 +1,6 @@
-"""Text-side regularisers shared by LASP and KgCoOp, as pure functions of feature tensors.
+"""Text-side regularisers shared by LASP and KgCoOp, as pure functions of feature tensors (their frozen
+targets come from `vlprompt.prompts.handcrafted`).
 
-- `handcrafted_features`: frozen hand-crafted prompt features, every template x every class.
 - `text_to_text_loss`: LASP's L_TT, a cross-entropy in text space at CLIP's logit scale.
 - `kgcoop_loss`: KgCoOp's 1 - mean cosine between learned and hand-crafted class features.
 
@@ -11,36 +11,12 @@ L2-normalised hand-crafted features (template t, class c), ``s`` the logit scale
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 
-from vlprompt.backbones.base import Backbone
 from vlprompt.errors import VLPromptError
-from vlprompt.prompts.templates import fill_templates
 
 DIRECTIONS = ("soft_as_classifier", "handcrafted_as_classifier", "symmetric")
-
-
-def handcrafted_features(
-    backbone: Backbone, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 1024
-) -> torch.Tensor:
-    """``[T, C, D]`` fp32, each prompt's text feature L2-normalised (not averaged over templates).
-
-    Class names go in with underscores as spaces (`fill_templates`). Computed without autograd and
-    outside autocast, so it is the exact frozen target whatever context it is called from.
-    """
-    prompts = [p for per_class in fill_templates(templates, classnames) for p in per_class]  # class-major
-    device = backbone.device
-    with torch.inference_mode(), torch.autocast(device.type, enabled=False):
-        encoded = torch.cat(
-            [
-                F.normalize(backbone.encode_text(prompts[i : i + batch_size]).float(), dim=-1)
-                for i in range(0, len(prompts), batch_size)
-            ]
-        )
-    return encoded.view(len(classnames), len(templates), -1).transpose(0, 1).contiguous().clone()
 
 
 def text_to_text_loss(

@@ -9,6 +9,8 @@ import torch
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.methods.base import MethodConfig, PromptMethod, register_method
+from vlprompt.methods.label_space import LabelSpace
+from vlprompt.prompts.handcrafted import text_classifier
 
 
 @dataclass
@@ -22,13 +24,11 @@ class ZeroShot(PromptMethod):
 
     config_class = ZeroShotConfig
 
-    def __init__(self, backbone: Backbone, classnames: Sequence[str], config: ZeroShotConfig) -> None:
-        super().__init__(backbone, classnames, config)
-        self.set_classnames(classnames)
+    def __init__(self, backbone: Backbone, labels: LabelSpace | Sequence[str], config: ZeroShotConfig) -> None:
+        super().__init__(backbone, labels, config)
+        self.set_classnames(self.classnames)
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
-        from vlprompt.engine.features import text_classifier
-
         self.classnames = list(classnames)
         self.register_buffer(
             "text_features", text_classifier(self.backbone, self.classnames, self.config.templates), persistent=False

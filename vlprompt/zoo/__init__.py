@@ -1,29 +1,56 @@
-"""Prompt checkpoints (safetensors + JSON), the registry of published prompts, verified downloads."""
+"""Prompt checkpoints (safetensors + JSON), the registry of published prompts, verified downloads.
 
-from vlprompt.zoo.checkpoint import (
-    export_classifier,
-    load_prompt,
-    read_prompt,
-    read_prompt_meta,
-    save_prompt,
-)
-from vlprompt.zoo.download import download_url, is_offline
-from vlprompt.zoo.predict import predict
-from vlprompt.zoo.registry import ZooEntry, add_bundled_entry, fetch, get_entry, load_registry, verify_entry
+The names below are imported lazily (PEP 562), so reading the registry (`vlprompt zoo list`,
+`vlprompt.zoo.registry`) does not import torch; checkpoints and prediction import it when used.
+"""
 
-__all__ = [
-    "ZooEntry",
-    "add_bundled_entry",
-    "download_url",
-    "export_classifier",
-    "fetch",
-    "get_entry",
-    "is_offline",
-    "load_prompt",
-    "load_registry",
-    "predict",
-    "read_prompt",
-    "read_prompt_meta",
-    "save_prompt",
-    "verify_entry",
-]
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
+
+_EXPORTS = {
+    "ZooEntry": "vlprompt.zoo.registry",
+    "add_bundled_entry": "vlprompt.zoo.registry",
+    "download_url": "vlprompt.zoo.download",
+    "export_classifier": "vlprompt.zoo.checkpoint",
+    "fetch": "vlprompt.zoo.registry",
+    "get_entry": "vlprompt.zoo.registry",
+    "is_offline": "vlprompt.zoo.download",
+    "load_prompt": "vlprompt.zoo.checkpoint",
+    "load_registry": "vlprompt.zoo.registry",
+    "predict": "vlprompt.zoo.predict",
+    "read_prompt": "vlprompt.zoo.checkpoint",
+    "read_prompt_meta": "vlprompt.zoo.checkpoint",
+    "save_prompt": "vlprompt.zoo.checkpoint",
+    "verify_entry": "vlprompt.zoo.registry",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+class _ZooModule(types.ModuleType):
+    """`vlprompt.zoo.predict` stays the function, as before: importing the submodule of the same name
+    sets the package attribute to the module, which would shadow the lazy export."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "predict" and isinstance(value, types.ModuleType) and hasattr(value, "predict"):
+            value = value.predict
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _ZooModule

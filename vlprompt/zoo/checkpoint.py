@@ -29,9 +29,10 @@ from safetensors.torch import load_file, save_file
 
 import vlprompt
 from vlprompt.backbones.base import Backbone
-from vlprompt.backbones.weights import file_sha256 as weights_file_sha256
+from vlprompt.backbones.weights import file_sha256  # noqa: F401  (full digest; the zoo modules import it from here)
 from vlprompt.errors import VLPromptError
 from vlprompt.methods.base import PromptMethod, build_method
+from vlprompt.methods.label_space import ClassLabels, LabelSpace, label_space_from_dict
 from vlprompt.paths import atomic_path, read_json
 
 FORMAT_VERSION = 2
@@ -58,11 +59,6 @@ def tensors_hash(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Full sha256 hex digest of a file (the zoo verifies whole digests)."""
-    return weights_file_sha256(path, prefix=64)
-
-
 # -- paths --------------------------------------------------------------------------------------
 
 
@@ -73,9 +69,6 @@ def prompt_files(path: str | os.PathLike) -> tuple[Path, Path]:
         return path / HUB_TENSORS, path / HUB_CONFIG
     stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-
-
-_paths = prompt_files  # old private name
 
 
 def is_prompt_path(path: str | os.PathLike) -> bool:
@@ -133,7 +126,9 @@ def prompt_metadata(
         "method": method.name,
         "method_config": asdict(method.config),
         "class_agnostic": bool(method.class_agnostic),
+        "task": method.task,
         "backbone": method.backbone.identity.to_dict(),
+        "label_space": method.label_space.to_dict(),  # classes, or attributes + objects + pairs (CZSL)
         "classnames": list(method.classnames),
         "classnames_sha256": classnames_hash(method.classnames),
         "templates": list(templates) if templates is not None else _templates_of(method),
@@ -264,13 +259,9 @@ def _download_hub_prompt(spec: str, offline: bool | None) -> Path:
 
 def backbone_for(meta: dict[str, Any], device: str = "cpu") -> Backbone:
     """Build the backbone a checkpoint was trained on, from its recorded identity."""
-    from vlprompt.backbones import create_backbone
+    from vlprompt.backbones import backbone_from_identity
 
-    ident = meta["backbone"]
-    source, name = ident.get("source", "open_clip"), ident["name"]
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return create_backbone(name if source == "open_clip" else f"{source}:{name}", ident.get("pretrained"), device=device)
+    return backbone_from_identity(meta["backbone"], device)
 
 
 def _describe(ident: dict[str, Any]) -> str:
@@ -301,7 +292,8 @@ def load_prompt(
             f"prompt {path} was trained on backbone {_describe(meta['backbone'])}, "
             f"not {_describe(backbone.identity.to_dict())}"
         )
-    method = build_method(meta["method"], backbone, meta["classnames"], meta["method_config"])
+    labels = recorded_labels(meta, path)
+    method = build_method(meta["method"], backbone, labels, meta["method_config"])
     method.load_trainable_state(tensors)
     method.to(backbone.device)
     method.eval()
@@ -312,8 +304,20 @@ def load_prompt(
                 "its learned parameters depend on the class, so it cannot take new class names "
                 "(class-agnostic methods such as unified CoOp or CoCoOp can)"
             )
-        method.set_classnames(list(classnames))
+        method.set_label_space(list(classnames))
     return method
+
+
+def recorded_labels(meta: dict[str, Any], path: str | os.PathLike) -> LabelSpace:
+    """The label space a checkpoint records (older prompts: their class names), checked against its hash."""
+    labels = label_space_from_dict(meta["label_space"]) if "label_space" in meta else ClassLabels(tuple(meta["classnames"]))
+    recorded = meta.get("classnames_sha256")
+    if recorded and classnames_hash(labels.names) != recorded:
+        raise VLPromptError(
+            f"prompt {path}: its labels do not match the recorded classnames_sha256 ({recorded[:16]}...): "
+            "the metadata was edited; restore it or save the prompt again"
+        )
+    return labels
 
 
 # -- export -------------------------------------------------------------------------------------
@@ -336,7 +340,7 @@ def export_classifier(
     """
     method = prompt if isinstance(prompt, PromptMethod) else load_prompt(prompt, backbone, classnames, device=device)
     if isinstance(prompt, PromptMethod) and classnames is not None and list(classnames) != method.classnames:
-        method.set_classnames(list(classnames))
+        method.set_label_space(list(classnames))
     features = method.class_features()
     if features is None:
         raise VLPromptError(

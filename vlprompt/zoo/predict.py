@@ -12,6 +12,7 @@ from vlprompt.backbones.base import Backbone
 from vlprompt.data.images import load_image
 from vlprompt.errors import VLPromptError
 from vlprompt.methods.base import PromptMethod
+from vlprompt.methods.label_space import PairLabels
 from vlprompt.zoo.checkpoint import load_prompt
 
 
@@ -31,9 +32,18 @@ def predict_images(
         probs = method({"images": pixels}).float().softmax(dim=-1)
         scores, indices = probs.topk(k, dim=-1)
         for path, row_scores, row_indices in zip(paths, scores.tolist(), indices.tolist()):
-            top = [{"label": method.classnames[i], "score": s} for s, i in zip(row_scores, row_indices)]
+            top = [{"label": method.classnames[i], "score": s, **_parts(method, i)} for s, i in zip(row_scores, row_indices)]
             results.append({"image": str(path), "top": top})
     return results
+
+
+def _parts(method: PromptMethod, index: int) -> dict[str, str]:
+    """Attribute and object of a predicted pair (CZSL prompts); nothing for classes."""
+    labels = method.label_space
+    if isinstance(labels, PairLabels):
+        a, o = labels.pairs[index]
+        return {"attr": labels.attrs[a], "obj": labels.objs[o]}
+    return {}
 
 
 def predict(
@@ -55,11 +65,7 @@ def predict(
     if isinstance(prompt, PromptMethod):
         method = prompt
         if classnames is not None and list(classnames) != method.classnames:
-            if not method.class_agnostic:
-                raise VLPromptError(
-                    f"{method.name}: its parameters depend on the training classes; it cannot take new class names"
-                )
-            method.set_classnames(list(classnames))
+            method.set_label_space(list(classnames))
     else:
         method = load_prompt(prompt, backbone, classnames, device=device)
     return predict_images(method, images, top_k=top_k, batch_size=batch_size)
@@ -69,6 +75,7 @@ def format_predictions(results: list[dict[str, Any]]) -> str:
     lines = []
     for result in results:
         lines.append(result["image"])
-        width = max(len(t["label"]) for t in result["top"])
-        lines.extend(f"  {t['label']:<{width}}  {t['score']:.4f}" for t in result["top"])
+        shown = [f"{t['attr']} + {t['obj']}" if "attr" in t else t["label"] for t in result["top"]]
+        width = max(len(s) for s in shown)
+        lines.extend(f"  {s:<{width}}  {t['score']:.4f}" for s, t in zip(shown, result["top"]))
     return "\n".join(lines)

@@ -33,13 +33,9 @@ from typing import Any
 
 from vlprompt.errors import VLPromptError
 from vlprompt.paths import atomic_path, cache_dir, read_json
-from vlprompt.zoo.download import (
-    DownloadError,
-    copy_verified,
-    download_url,
-    offline_reason,
-    verify_file,
-)
+
+# vlprompt.zoo.download (and through it torch) is imported by the functions that fetch or verify:
+# reading the registry (`vlprompt zoo list`, `zoo info`) stays light.
 
 REGISTRY_FILE = Path(__file__).with_name("registry.json")
 BUNDLED_DIR = Path(__file__).with_name("bundled")
@@ -167,6 +163,8 @@ def parse_hf_source(source: str) -> tuple[str, str, str | None]:
 
 
 def _fetch_hf(source: str, entry: ZooEntry, offline: bool) -> Path:
+    from vlprompt.zoo.download import DownloadError, copy_verified
+
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
@@ -194,6 +192,8 @@ def fetch(
     `offline` defaults to the environment (``VLPROMPT_OFFLINE`` / ``HF_HUB_OFFLINE``): then only the
     cache, package/file sources and the Hugging Face cache are used.
     """
+    from vlprompt.zoo.download import DownloadError, download_url, offline_reason, verify_file
+
     entry = get_entry(entry) if isinstance(entry, str) else entry
     reason = offline_reason() if offline is None else ("offline=True" if offline else None)
     cached = entry.cache_path
@@ -244,6 +244,8 @@ def local_copy(entry: ZooEntry) -> Path | None:
 
 def verify_entry(entry: ZooEntry) -> tuple[str, Path | None]:
     """("ok" | "missing" | "mismatch", path) for the local copy of an entry."""
+    from vlprompt.zoo.download import verify_file
+
     path = local_copy(entry)
     if path is None:
         return "missing", None

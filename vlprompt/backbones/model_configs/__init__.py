@@ -1,13 +1,22 @@
-"""open_clip architecture configs that vlprompt registers (tiny world CLIP, tiny test models)."""
+"""open_clip architecture configs that vlprompt registers: the tiny test models here, plus the ones other
+packages own and announce with `also_register` (the world CLIP's, from `vlprompt.backbones.world`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import open_clip
 
 CONFIG_DIR = Path(__file__).parent
 _registered = False
+_hooks: list[Callable[[], None]] = []
+
+
+def also_register(hook: Callable[[], None]) -> None:
+    """Run the idempotent `hook` whenever `register_model_configs` runs (another package's configs)."""
+    if hook not in _hooks:
+        _hooks.append(hook)
 
 
 def register_model_configs() -> None:
@@ -16,3 +25,5 @@ def register_model_configs() -> None:
     if not _registered:
         open_clip.add_model_config(CONFIG_DIR)
         _registered = True
+    for hook in _hooks:
+        hook()

@@ -1,11 +1,11 @@
-"""Pair-scoring methods for CZSL: zero-shot CLIP, a CoOp-style learned prefix and CSP (DFSP, which
-builds on these pieces, is in `vlprompt.czsl.dfsp`).
+"""Pair-scoring methods for compositional zero-shot (CZSL): the shared base, zero-shot CLIP and a
+CoOp-style learned prefix (CSP and DFSP build on these pieces in their own modules).
 
-Every method is a `PromptMethod` over pair "classes" (``classnames`` = "attr obj" of the current
-candidate pairs), so the generic `Trainer` trains it: ``forward(batch) -> [B, P]`` logits over the
-current pairs (the train pairs while training). Evaluation goes through `prepare_eval` /
-`eval_image_features` / `eval_text_features` so text is encoded once per evaluation, in chunks,
-whatever the number of candidate pairs.
+Every method is an ordinary `PromptMethod` whose label space is `PairLabels` (attributes, objects and
+the current candidate pairs; ``classnames`` = "attr obj"), so the generic `Trainer` trains it:
+``forward(batch) -> [B, P]`` logits over the current pairs (the train pairs while training).
+Evaluation goes through `prepare_eval` / `eval_image_features` / `eval_text_features` so text is
+encoded once per evaluation, in chunks, whatever the number of candidate pairs.
 
 Prompts ("[prefix] [attr] [obj]") are built with one `PromptAssembler` holding a single tokenized
 prompt; per-pair attribute / object vectors enter through its batch axis, so nothing of size
@@ -24,20 +24,10 @@ from torch import nn
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.errors import VLPromptError
-from vlprompt.methods.base import MethodConfig, PromptMethod
+from vlprompt.methods.base import MethodConfig, PromptMethod, register_method
+from vlprompt.methods.label_space import LabelSpace, PairLabels
 from vlprompt.prompts.assembler import PromptAssembler
 from vlprompt.prompts.context import word_embeddings
-from vlprompt.registry import Registry
-
-CZSL_METHODS: Registry[type] = Registry("czsl method")
-
-
-def register_czsl_method(name: str):
-    def decorator(cls):
-        cls.name = name
-        return CZSL_METHODS.register(name)(cls)
-
-    return decorator
 
 
 def clean_name(name: str) -> str:
@@ -83,15 +73,13 @@ class PairMethod(PromptMethod):
 
     config_class: ClassVar[type[MethodConfig]] = PairMethodConfig
 
-    def __init__(self, backbone: Backbone, attrs: Sequence[str], objs: Sequence[str], pairs: torch.Tensor,
-                 config: PairMethodConfig) -> None:
-        self.attrs, self.objs = list(attrs), list(objs)
-        pairs = torch.as_tensor(pairs, dtype=torch.long).reshape(-1, 2)
-        super().__init__(backbone, self._names(pairs), config)
-        self.register_buffer("pair_index", pairs.clone(), persistent=False)
-
-    def _names(self, pairs: torch.Tensor) -> list[str]:
-        return [f"{self.attrs[a]} {self.objs[o]}" for a, o in pairs.tolist()]
+    def __init__(self, backbone: Backbone, labels: LabelSpace, config: PairMethodConfig) -> None:
+        if not isinstance(labels, PairLabels):
+            raise VLPromptError(f"{self.name}: a CZSL method needs attribute-object pairs (PairLabels), "
+                                f"got {type(labels).__name__}")
+        super().__init__(backbone, labels, config)
+        self.attrs, self.objs = list(labels.attrs), list(labels.objs)
+        self.register_buffer("pair_index", labels.pair_tensor(), persistent=False)
 
     @property
     def n_attrs(self) -> int:
@@ -99,11 +87,20 @@ class PairMethod(PromptMethod):
 
     def set_pairs(self, pairs: torch.Tensor) -> None:
         """Make `pairs` ``[P, 2]`` the current candidate set (train pairs to train, phase pairs to test)."""
-        pairs = torch.as_tensor(pairs, dtype=torch.long).reshape(-1, 2)
-        if len(pairs) and (pairs[:, 0].max() >= len(self.attrs) or pairs[:, 1].max() >= len(self.objs)):
-            raise VLPromptError(f"{self.name}: pair index out of range ({len(self.attrs)} attrs, {len(self.objs)} objs)")
-        self.pair_index = pairs.to(self.pair_index.device)
-        self.classnames = self._names(pairs)
+        self.set_label_space(self.label_space.with_pairs(pairs))
+
+    def set_label_space(self, labels: LabelSpace | Sequence[str]) -> None:
+        """Other candidate pairs over the same primitives (the learned vectors belong to the primitives)."""
+        if not isinstance(labels, PairLabels):
+            raise VLPromptError(f"{self.name}: CZSL methods take candidate pairs (PairLabels), not class names")
+        if (labels.attrs, labels.objs) != (self.label_space.attrs, self.label_space.objs):
+            raise VLPromptError(
+                f"{self.name}: trained on {len(self.attrs)} attributes and {len(self.objs)} objects; candidate "
+                "pairs must use the same primitives in the same order"
+            )
+        self.pair_index = labels.pair_tensor().to(self.pair_index.device)
+        self.label_space = labels
+        self.classnames = labels.names
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
         raise VLPromptError(f"{self.name}: CZSL methods take candidate pairs via set_pairs(), not class names")
@@ -140,7 +137,7 @@ class PairMethod(PromptMethod):
         return self.backbone.logit_scale * image @ text.to(image.dtype).t()
 
 
-class _SlotPrompt(nn.Module):
+class SlotPrompt(nn.Module):
     """"{prefix} {attr} {obj}" with one-token attr/obj slots, pairs fed through the batch axis."""
 
     def __init__(self, backbone: Backbone, prefix: str | None, n_ctx: int = 0) -> None:
@@ -181,11 +178,9 @@ class ZeroShotPairConfig(PairMethodConfig):
     template: str = "a photo of {attr} {obj}"
 
 
-@register_czsl_method("zero-shot")
+@register_method("zero-shot", ZeroShotPairConfig, tasks=("czsl",))
 class ZeroShotPairs(PairMethod):
     """CLIP with the hard prompt "a photo of {attr} {obj}" (CSP's `clip` baseline)."""
-
-    config_class = ZeroShotPairConfig
 
     def pair_text_features(self, pairs: torch.Tensor) -> torch.Tensor:
         texts = [self.config.template.format(attr=clean_name(self.attrs[a]), obj=clean_name(self.objs[o]))
@@ -201,48 +196,17 @@ class CoOpPairConfig(PairMethodConfig):
     ctx_init: str = "a photo of"  # the learned prefix starts from these words (sets n_ctx)
 
 
-@register_czsl_method("coop")
+@register_method("coop", CoOpPairConfig, tasks=("czsl",))
 class CoOpPairs(PairMethod):
     """CSP repo's CoOp baseline: a learned prefix; attr/obj vectors frozen at their mean-BPE init."""
 
-    config_class = CoOpPairConfig
-
-    def __init__(self, backbone, attrs, objs, pairs, config: CoOpPairConfig) -> None:
-        super().__init__(backbone, attrs, objs, pairs, config)
+    def __init__(self, backbone: Backbone, labels: PairLabels, config: CoOpPairConfig) -> None:
+        super().__init__(backbone, labels, config)
         ctx = word_embeddings(backbone, config.ctx_init)
         self.ctx = nn.Parameter(ctx)
         self.register_buffer("vocab", mean_token_embeddings(backbone, self.attrs + self.objs), persistent=False)
-        self.prompt = _SlotPrompt(backbone, None, ctx.shape[0])
+        self.prompt = SlotPrompt(backbone, None, ctx.shape[0])
 
     def pair_text_features(self, pairs: torch.Tensor) -> torch.Tensor:
         vocab = self.vocab
         return self.prompt.encode(vocab[pairs[:, 0]], vocab[self.n_attrs + pairs[:, 1]], self.ctx)
-
-
-@dataclass
-class CSPConfig(PairMethodConfig):
-    prefix: str = "a photo of"  # frozen hard prefix
-    attr_dropout: float = 0.3  # nn.Dropout on the vocabulary matrix
-
-
-@register_czsl_method("csp")
-class CSP(PairMethod):
-    """CSP (Nayak et al., ICLR'23): one learned vector per attribute and object, frozen prefix."""
-
-    config_class = CSPConfig
-
-    def __init__(self, backbone, attrs, objs, pairs, config: CSPConfig) -> None:
-        super().__init__(backbone, attrs, objs, pairs, config)
-        self.vocab = nn.Parameter(mean_token_embeddings(backbone, self.attrs + self.objs))
-        self.dropout = nn.Dropout(config.attr_dropout)
-        self.prompt = _SlotPrompt(backbone, config.prefix)
-
-    def pair_text_features(self, pairs: torch.Tensor) -> torch.Tensor:
-        vocab = self.dropout(self.vocab)
-        return self.prompt.encode(vocab[pairs[:, 0]], vocab[self.n_attrs + pairs[:, 1]])
-
-
-def build_czsl_method(name: str, backbone: Backbone, attrs: Sequence[str], objs: Sequence[str], pairs: torch.Tensor,
-                      config: dict[str, Any] | None = None) -> PairMethod:
-    cls = CZSL_METHODS.get(name)
-    return cls(backbone, attrs, objs, pairs, cls.config_class.from_dict(config, where=f"{name} config"))

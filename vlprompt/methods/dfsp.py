@@ -14,15 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.czsl.methods import (
-    PairMethod,
-    PairMethodConfig,
-    _SlotPrompt,
-    group_mean,
-    mean_token_embeddings,
-    register_czsl_method,
-)
+from vlprompt.backbones.capabilities import Capability
 from vlprompt.errors import VLPromptError
+from vlprompt.methods.base import register_method
+from vlprompt.methods.label_space import PairLabels
+from vlprompt.methods.pairs import PairMethod, PairMethodConfig, SlotPrompt, group_mean, mean_token_embeddings
 from vlprompt.prompts.context import word_embeddings
 
 
@@ -33,11 +29,10 @@ def _blank_image(backbone: Backbone) -> torch.Tensor:
 
 def image_probe(backbone: Backbone) -> tuple[int, int, bool]:
     """(output tokens, width, whether the tower exposes its token states), from one blank-image pass."""
-    try:
-        with torch.no_grad():
-            states = backbone.image_token_states(_blank_image(backbone))  # [1, 1 + T, W]: class token first
-    except NotImplementedError:
+    if not backbone.supports(Capability.IMAGE_TOKEN_STATES):
         return (*image_token_count(backbone), False)
+    with torch.no_grad():
+        states = backbone.image_token_states(_blank_image(backbone))  # [1, 1 + T, W]: class token first
     return int(states.shape[1]) - 1, int(states.shape[2]), True
 
 
@@ -147,15 +142,15 @@ class TextToImageFusion(nn.Module):
         return self.txt_block(text)
 
 
-@register_czsl_method("dfsp")
+@register_method("dfsp", tasks=("czsl",))
 class DFSP(PairMethod):
     """DFSP (Lu et al., CVPR'23): learned prefix + primitive vocabulary + decomposed fusion."""
 
     config_class = DFSPConfig
     needs_images = True
 
-    def __init__(self, backbone, attrs, objs, pairs, config: DFSPConfig) -> None:
-        super().__init__(backbone, attrs, objs, pairs, config)
+    def __init__(self, backbone: Backbone, labels: PairLabels, config: DFSPConfig) -> None:
+        super().__init__(backbone, labels, config)
         if config.fusion not in ("txt2img", "none"):
             raise VLPromptError(f"dfsp: fusion {config.fusion!r} is not one of ['txt2img', 'none']")
         if config.decompose not in ("auto", "tokens", "pooled"):
@@ -166,7 +161,7 @@ class DFSP(PairMethod):
         self.ctx = nn.Parameter(ctx)
         self.vocab = nn.Parameter(mean_token_embeddings(backbone, self.attrs + self.objs))
         self.dropout = nn.Dropout(config.attr_dropout)
-        self.prompt = _SlotPrompt(backbone, None, ctx.shape[0])
+        self.prompt = SlotPrompt(backbone, None, ctx.shape[0])
         probe = self._probe_token_states()
         if config.decompose == "tokens" and probe is None:
             raise VLPromptError(f"dfsp: decompose 'tokens' needs text token states, which {type(backbone).__name__} "
@@ -190,10 +185,9 @@ class DFSP(PairMethod):
     @torch.no_grad()
     def _probe_token_states(self) -> tuple[int, ...] | None:
         """Shape ``(1, L, W)`` of one prompt's token states; None when the backbone has none."""
-        try:
-            states, _ = self.prompt.token_states(self.vocab[:1], self.vocab[:1], self.ctx)
-        except NotImplementedError:
+        if not self.backbone.supports(Capability.TEXT_TOKEN_STATES):
             return None
+        states, _ = self.prompt.token_states(self.vocab[:1], self.vocab[:1], self.ctx)
         return tuple(states.shape)
 
     def pair_text_features(self, pairs: torch.Tensor) -> torch.Tensor:

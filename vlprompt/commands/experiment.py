@@ -1,0 +1,90 @@
+"""`vlprompt eval | train | demo`: evaluate zero-shot or trained prompts, train a prompt, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vlprompt.commands import COMMANDS
+
+
+def _add_backbone_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", default="vlprompt-tiny", help="[source:]architecture, e.g. ViT-B-16")
+    parser.add_argument("--pretrained", default="world", help="tag (openai, world...), checkpoint file, or 'none'")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+
+
+def _write_json(payload: object, path: str | None) -> None:
+    if path:
+        from vlprompt.engine.logging import write_json
+
+        write_json(path, payload)
+        print(f"wrote {path}")
+
+
+@COMMANDS.register("eval")
+def _eval_command(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("eval", help="zero-shot or trained-prompt evaluation on a dataset")
+    parser.add_argument("--dataset", required=True, nargs="+", help="registered name(s), folder:PATH, csv:FILE or wds:DIR")
+    parser.add_argument("--root", default=None, help="data root (default: $VLPROMPT_DATA, or the embedded world's)")
+    parser.add_argument("--split", default="test", help="the dataset split to evaluate (e.g. test, val)")
+    parser.add_argument("--templates", default="dataset", help="dataset | single | imagenet80 | FILE")
+    parser.add_argument("--prompt", default=None, help="a trained prompt checkpoint (default: zero-shot)")
+    parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
+    parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes; 0 loads in the main process")
+    parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    _add_backbone_args(parser)
+
+    def run(args: argparse.Namespace) -> None:
+        from vlprompt import api
+        from vlprompt.engine.zero_shot import format_results_table
+
+        results = api.evaluate(
+            datasets=args.dataset,
+            root=args.root,
+            backbone=args.backbone,
+            pretrained=args.pretrained,
+            device=args.device,
+            split=args.split,
+            templates=args.templates,
+            prompt=args.prompt,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+        )
+        print(format_results_table(results))
+        _write_json(results, args.json)
+
+    parser.set_defaults(run=run)
+
+
+@COMMANDS.register("train")
+def _train_command(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("train", help="train a prompt: vlprompt train --config FILE [key=value ...]")
+    parser.add_argument("--config", default=None, help="experiment YAML (path or relative to configs/)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in output_dir")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.lr=0.01")
+
+    def run(args: argparse.Namespace) -> None:
+        from vlprompt import api
+        from vlprompt.config import ExperimentConfig
+
+        config = ExperimentConfig.load(args.config, args.overrides)
+        result = api.run_experiment(config, resume=args.resume)
+        print(api.format_experiment(result))
+
+    parser.set_defaults(run=run)
+
+
+@COMMANDS.register("demo")
+def _demo_command(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("demo", help="the main job on the embedded world: zero-shot vs learned prompts")
+    parser.add_argument("--data", default=None, help="where to write the embedded datasets (default: user cache)")
+    parser.add_argument("--out", default="runs/demo", help="results directory")
+    parser.add_argument("--quick", action="store_true", help="fewer epochs (for tests)")
+
+    def run(args: argparse.Namespace) -> None:
+        from vlprompt.demo import run_demo
+
+        run_demo(data_root=args.data, out_dir=Path(args.out), quick=args.quick)
+
+    parser.set_defaults(run=run)

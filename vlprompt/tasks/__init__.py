@@ -1,0 +1,6 @@
+"""Tasks (classification, compositional zero-shot) as data, and the one experiment runner."""
+
+from vlprompt.tasks import classification, czsl  # noqa: F401  (fill the task registry)
+from vlprompt.tasks.base import TASKS, Task, TaskPlan
+
+__all__ = ["TASKS", "Task", "TaskPlan"]

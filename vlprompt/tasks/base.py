@@ -1,0 +1,61 @@
+"""Tasks as data: what an experiment of each task reads, how it splits it and how it scores a method.
+
+A `Task` names its config sections (dataset, protocol, eval) and a planner. The planner turns a
+loaded config into a `TaskPlan`: the label space the method trains on, training / validation items,
+the label spaces it will be evaluated on, and an ``evaluate(method, cache)`` that returns the metrics.
+The runner (`vlprompt.tasks.runner.run_experiment`) is the same for every task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlprompt.methods.label_space import LabelSpace
+from vlprompt.registry import Registry
+
+
+def run_folder(config: Any, dataset_name: str, run_name: str) -> Path:
+    """``output_dir`` when given, else ``runs/<method>/<dataset>/<run_name>``."""
+    return Path(config.output_dir or f"runs/{config.method_name}/{dataset_name}/{run_name}")
+
+
+@dataclass
+class BackboneSection:
+    name: str = "vlprompt-tiny"
+    pretrained: str | None = "world"
+    device: str = "auto"
+
+
+@dataclass
+class TaskPlan:
+    """One experiment's data, resolved: what to train on and how to evaluate."""
+
+    dataset_name: str
+    out_dir: Path  # the run's one output folder
+    labels: LabelSpace
+    train: Sequence[Any]
+    val: Sequence[Any]
+    evaluations: dict[str, LabelSpace]
+    evaluate: Callable[..., dict[str, Any]]  # (method, cache) -> metrics
+    summary: dict[str, Any] = field(default_factory=dict)  # extra result fields
+    split_file: Path | None = None  # the few-shot split file the run trains on, if any
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task: its config sections, its default method, its planner and its headline numbers."""
+
+    name: str
+    dataset_section: type
+    protocol_section: type
+    eval_section: type
+    default_method: str
+    plan: Callable[..., TaskPlan]  # (config, backbone) -> TaskPlan
+    check: Callable[[Any], None]  # config -> None; value checks run when the config is loaded
+    headline: Callable[[dict[str, Any]], dict[str, float]]
+
+
+TASKS: Registry[Task] = Registry("task")
