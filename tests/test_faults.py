@@ -103,50 +103,57 @@ def _one_error_line(stderr: str) -> str:
 # -- 1. corrupt PNGs on the libpng fast path ---------------------------------------------------------
 
 
-def test_png_validation_rejects_what_would_crash_libpng_and_keeps_good_files():
-    """Every file libpng would fail on while reading rows (which kills the process) is refused before it
-    reaches decode_png; a sound file still decodes on the fast path to PIL's very pixels."""
+def test_png_fast_path_gives_what_pil_gives_on_sound_and_corrupt_files(tmp_path):
+    """The fast path decodes plain PNGs with PIL's own decoder: a corrupt file is a Python error there
+    (never a crash, as libpng's decode_png was), and the fast path then returns None so the PIL path
+    names the file. On every file, the fast path's pixels, if any, are PIL's."""
     import torch
 
-    from vlprompt.data.images import _sound_plain_png, decode_plain_png
+    from vlprompt.data.images import ImageDecodeError, decode_plain_png, load_image
 
     good = _png_bytes(0)
-    assert _sound_plain_png(bytearray(good), SIDE, SIDE)
-    bad_filter = _raw(good)
-    bad_filter[(3 * SIDE + 1) * 5] = 9  # row 5's filter type: libpng "bad adaptive filter value"
-    short = _raw(good)[:-10]
-    crc = bytearray(good)
     (pos, length, _), = [c for c in _chunks(good) if c[2] == b"IDAT"]
-    crc[pos + 8 + length] ^= 1  # libpng "IDAT: CRC error"
-    plte = struct.pack(">I", 3) + b"PLTE" + b"abc"
-    with_plte = good[:33] + plte + struct.pack(">I", zlib.crc32(plte[4:])) + good[33:]
-    corrupt = {
-        "flipped byte, CRC as it was": _flip_idat_byte(good),
-        "flipped byte, CRC fixed (adler32)": _with_idat(good, bytes(_flip_idat_byte(good)[pos + 8:pos + 8 + length])),
-        "bad filter type": _with_idat(good, zlib.compress(bytes(bad_filter))),
-        "too little data": _with_idat(good, zlib.compress(bytes(short))),
-        "too much data": _with_idat(good, zlib.compress(bytes(_raw(good)) + b"\0" * 10)),
-        "IDAT CRC": bytes(crc),
-        "truncated": good[:-20],
-        "no IEND": good[:-12],
-        "other chunk (PLTE)": with_plte,
-    }
-    for name, data in corrupt.items():
-        assert not _sound_plain_png(bytearray(data), SIDE, SIDE), name
-    # a text chunk before the pixels is fine; pixels are PIL's
+    bad_filter = _raw(good)
+    bad_filter[(3 * SIDE + 1) * 5] = 9  # row 5's filter type (libpng: "bad adaptive filter value")
+    idat_crc = bytearray(good)
+    idat_crc[pos + 8 + length] ^= 1
+    ihdr_crc = bytearray(good)
+    ihdr_crc[29] ^= 1
     text = struct.pack(">I", 5) + b"tEXt" + b"a\0bcd"
     tagged = good[:33] + text + struct.pack(">I", zlib.crc32(text[4:])) + good[33:]
-    assert _sound_plain_png(bytearray(tagged), SIDE, SIDE)
-    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"vlprompt-fault-{os.getpid()}.png"
-    try:
-        path.write_bytes(tagged)
-        pixels = decode_plain_png(path, (SIDE, SIDE))
-        expected = torch.from_numpy(np.array(Image.open(io.BytesIO(good)).convert("RGB"))).permute(2, 0, 1)
-        assert pixels is not None and torch.equal(pixels, expected)
-        path.write_bytes(corrupt["flipped byte, CRC as it was"])
-        assert decode_plain_png(path, (SIDE, SIDE)) is None  # -> the PIL path, which names the file
-    finally:
-        path.unlink(missing_ok=True)
+    split = _raw(good)
+    stream = zlib.compress(bytes(split))
+    halves = [stream[: len(stream) // 2], stream[len(stream) // 2:]]
+    two_idats = good[:33] + b"".join(
+        struct.pack(">I", len(h)) + b"IDAT" + h + struct.pack(">I", zlib.crc32(b"IDAT" + h)) for h in halves
+    ) + good[pos + 12 + length:]
+    files = {
+        "sound": (good, "pixels"),
+        "text chunk": (tagged, "pixels"),
+        "two IDAT chunks": (two_idats, "pixels"),
+        "flipped byte, CRC as it was": (_flip_idat_byte(good), "error"),
+        "flipped byte, CRC fixed (adler32)": (_with_idat(good, _flip_idat_byte(good)[pos + 8:pos + 8 + length]), "error"),
+        "bad filter type": (_with_idat(good, zlib.compress(bytes(bad_filter))), "error"),
+        "too little data": (_with_idat(good, zlib.compress(bytes(_raw(good)[:-10]))), "error"),
+        "IHDR CRC": (bytes(ihdr_crc), "error"),
+        "truncated": (good[: len(good) // 2], "error"),
+        "zero bytes": (b"", "error"),
+        "IDAT CRC (PIL does not check it)": (bytes(idat_crc), None),
+        "no IEND (PIL stops after the pixels)": (good[:-12], None),
+    }
+    for name, (data, expect) in files.items():
+        path = tmp_path / "x.png"
+        path.write_bytes(data)
+        fast = decode_plain_png(path, (SIDE, SIDE))
+        try:
+            reference = torch.from_numpy(np.array(load_image(path))).permute(2, 0, 1)
+        except ImageDecodeError:
+            assert expect == "error" and fast is None, name
+            continue
+        assert expect != "error", name
+        assert fast is None or torch.equal(fast, reference), name
+        if expect == "pixels":
+            assert fast is not None, name
 
 
 @pytest.mark.parametrize("workers", [0, 2])

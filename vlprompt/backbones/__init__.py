@@ -1,85 +1,42 @@
-"""Backbones: the only code that knows open_clip / transformers internals."""
+"""Backbones: the only code that knows open_clip / transformers internals.
+
+The names below are imported lazily (PEP 562): `vlprompt.backbones.base` (the interface every method
+relies on) can be imported without open_clip or transformers, so loading and checking a config stays
+fast; `create_backbone` and the source registries load the libraries when first used.
+"""
 
 from __future__ import annotations
 
-import torch
+import importlib
+from typing import Any
 
-from vlprompt.backbones import custom_text, hf_backbone, open_clip_backbone, open_clip_hub, openai_checkpoint, world  # noqa: F401,I001  (fill the registries)
-from vlprompt.backbones.base import Backbone, BackboneIdentity
-from vlprompt.backbones.capabilities import Capability
-from vlprompt.backbones.deep_prompts import DeepPrompts, VisualPrompts
-from vlprompt.backbones.pretrained import normalize_pretrained
-from vlprompt.backbones.registry import BACKBONE_SOURCES, PRETRAINED_RESOLVERS
-from vlprompt.backbones.world import WORLD_ARCH, WORLD_TAG
-from vlprompt.errors import VLPromptError
+_EXPORTS = {
+    "Backbone": "vlprompt.backbones.base",
+    "BackboneIdentity": "vlprompt.backbones.base",
+    "Capability": "vlprompt.backbones.capabilities",
+    "DeepPrompts": "vlprompt.backbones.deep_prompts",
+    "VisualPrompts": "vlprompt.backbones.deep_prompts",
+    "BACKBONE_SOURCES": "vlprompt.backbones.factory",
+    "PRETRAINED_RESOLVERS": "vlprompt.backbones.registry",
+    "backbone_from_identity": "vlprompt.backbones.factory",
+    "create_backbone": "vlprompt.backbones.factory",
+    "create_world_backbone": "vlprompt.backbones.factory",
+    "identity_spec": "vlprompt.backbones.factory",
+    "load_backbone": "vlprompt.backbones.factory",
+    "normalize_pretrained": "vlprompt.backbones.factory",
+    "resolve_device": "vlprompt.backbones.factory",
+}
 
-DEFAULT_SOURCE = "open_clip"
-
-
-def create_backbone(name: str, pretrained: str | None = None, device: str = "cpu") -> Backbone:
-    """Build a frozen backbone from ``[source:]architecture`` and a weight source.
-
-    Examples: ``create_backbone("ViT-B-16", "openai")``, ``create_backbone("vlprompt-tiny", "world")``,
-    ``create_backbone("ViT-B-32", "/path/to/checkpoint.safetensors")``,
-    ``create_backbone("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K")``, ``create_backbone("hf:openai/clip-vit-base-patch16")``.
-    The source is the text before the first colon (open_clip when there is none). `pretrained` None, "",
-    "none" or "None" means random weights (`normalize_pretrained`, the one place that decides it).
-    """
-    source, _, arch = name.partition(":") if ":" in name else ("", "", name)
-    factory = BACKBONE_SOURCES.get(source or DEFAULT_SOURCE)
-    return factory(arch, pretrained=normalize_pretrained(pretrained), device=device)
+__all__ = sorted(_EXPORTS)
 
 
-def identity_spec(identity: BackboneIdentity | dict) -> str:
-    """The ``create_backbone`` name that rebuilds `identity`: its name when that already carries the source
-    (``local-dir:/p``, ``hf-hub:org/repo``) or the source is open_clip's, else ``<source>:<name>``."""
-    ident = identity.to_dict() if isinstance(identity, BackboneIdentity) else identity
-    source, name = ident.get("source") or DEFAULT_SOURCE, ident["name"]
-    if source == DEFAULT_SOURCE or name.startswith(f"{source}:"):
-        return name
-    return f"{source}:{name}"
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def backbone_from_identity(identity: BackboneIdentity | dict, device: str = "cpu") -> Backbone:
-    """Rebuild the backbone an identity (e.g. a checkpoint's ``backbone`` record) describes, on `device`
-    (``auto``: the GPU if there is one). Callers compare ``same_model`` to be sure the weights are the same."""
-    ident = identity.to_dict() if isinstance(identity, BackboneIdentity) else dict(identity)
-    if not ident.get("name"):
-        raise VLPromptError(f"backbone identity {ident!r} has no 'name'; it needs at least source, name and pretrained")
-    return create_backbone(identity_spec(ident), ident.get("pretrained"), device=resolve_device(device))
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else unchanged."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def load_backbone(name: str = "vlprompt-tiny", pretrained: str | None = "world", device: str = "auto") -> Backbone:
-    """A frozen backbone on `device` (``auto``: the GPU if there is one); ``pretrained`` None/'none' means
-    random weights."""
-    return create_backbone(name, pretrained, device=resolve_device(device))
-
-
-def create_world_backbone(device: str = "cpu") -> Backbone:
-    """The embedded default: the tiny CLIP pretrained on the procedural world."""
-    return create_backbone(WORLD_ARCH, WORLD_TAG, device=device)
-
-
-__all__ = [
-    "BACKBONE_SOURCES",
-    "PRETRAINED_RESOLVERS",
-    "Backbone",
-    "BackboneIdentity",
-    "Capability",
-    "DeepPrompts",
-    "VisualPrompts",
-    "backbone_from_identity",
-    "create_backbone",
-    "create_world_backbone",
-    "identity_spec",
-    "load_backbone",
-    "normalize_pretrained",
-    "resolve_device",
-]
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

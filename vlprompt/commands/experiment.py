@@ -65,12 +65,14 @@ def _train_command(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.lr=0.01")
 
     def run(args: argparse.Namespace) -> None:
-        from vlprompt import api
         from vlprompt.config import ExperimentConfig
 
-        config = ExperimentConfig.load(args.config, args.overrides)
-        result = api.run_experiment(config, resume=args.resume)
-        print(api.format_experiment(result))
+        config = ExperimentConfig.load(args.config, args.overrides)  # a typo fails here, before anything heavy
+        from vlprompt.tasks.runner import format_experiment, run_experiment
+
+        result = run_experiment(config, resume=args.resume)
+        print(format_experiment(result))
+        print(f"results in {result['output_dir']}")
 
     parser.set_defaults(run=run)
 

@@ -59,70 +59,55 @@ def load_image(path: str | os.PathLike, context: str | None = None) -> Image.Ima
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Ancillary chunks the fast path accepts (name -> required length, None: any up to 64 KiB). libpng reads them
-# without touching the pixels and at worst warns; any other chunk (PLTE, tRNS, iCCP, ...) goes to PIL.
+# Ancillary chunks the fast path passes over (name -> required length; None: any, up to 64 KiB): PIL reads
+# them without touching the pixels or failing. A file with any other chunk (PLTE, tRNS, iCCP, ...) takes
+# the PIL path.
 _PLAIN_ANCILLARY = {b"gAMA": 4, b"sRGB": 1, b"cHRM": 32, b"pHYs": 9, b"tIME": 7, b"tEXt": None}
-_FILTER_TYPES = bytes(range(5))  # None, Sub, Up, Average, Paeth
 _CHUNK_HEAD = struct.Struct(">I4s")
 _CRC = struct.Struct(">I")
 
 
-def _sound_plain_png(data: bytes, width: int, height: int) -> bool:
-    """Whether libpng will decode `data` (an 8-bit RGB non-interlaced PNG of `width` x `height`) without error.
+def _plain_png_stream(data: bytes) -> bytes | memoryview | None:
+    """The zlib stream (the IDAT chunks' data) of a plain PNG; None when anything is unusual.
 
-    torchvision's decode_png cannot survive a libpng error met while reading rows (a flipped byte in
-    IDAT kills the process: "IDAT: incorrect data check"), so a file only reaches it after the checks
-    libpng would make: every chunk's CRC32, known chunks only, one run of IDAT chunks ending in IEND,
-    a zlib stream (adler32 included) that inflates to exactly the image's scanlines, and a valid
-    filter type on each scanline. All of it runs in zlib's C code: a few microseconds for a 64px image.
+    Plain: IHDR first (compression, filter, interlace 0), then only `_PLAIN_ANCILLARY` chunks and one
+    run of IDAT chunks, then IEND; every chunk inside the file, and the CRC of every chunk but IDAT
+    right (PIL checks those CRCs, not IDAT's). Anything else returns None, and PIL then decides.
     """
-    stride = 3 * width + 1
-    expected = height * stride
-    # libpng refuses an IDAT chunk longer than the image could need ("chunk data is too large").
-    idat_limit = expected + 6 + 5 * (expected // min(stride, 32566) + 1)
     view = memoryview(data)
     end = len(data)
-    pos, idat, state = 8, [], "header"  # header -> before IDAT -> in IDAT -> after IDAT
+    pos, idat, state = 8, [], "before"  # before IDAT -> in IDAT -> after IDAT
     while True:
         if pos + 12 > end:
-            return False
+            return None
         length, name = _CHUNK_HEAD.unpack_from(data, pos)
         stop = pos + 8 + length
-        if stop + 4 > end or zlib.crc32(view[pos + 4:stop]) != _CRC.unpack_from(data, stop)[0]:
-            return False
-        if state == "header":
-            # IHDR (width, height, depth 8, colour type 2 checked by the caller): compression, filter, interlace 0
-            if name != b"IHDR" or length != 13 or data[pos + 18:pos + 21] != b"\0\0\0":
-                return False
-            state = "before"
-        elif name == b"IDAT":
-            if state == "after" or length > idat_limit:
-                return False
+        if stop + 4 > end:
+            return None
+        if name == b"IDAT":
+            if state == "after":
+                return None
             idat.append(view[pos + 8:stop])
             state = "in"
+        elif zlib.crc32(view[pos + 4:stop]) != _CRC.unpack_from(data, stop)[0]:
+            return None
+        elif pos == 8:  # IHDR: size, depth and colour type checked by the caller
+            if name != b"IHDR" or length != 13 or data[26:29] != b"\0\0\0":
+                return None
         elif name == b"IEND":
-            if length or not idat:
-                return False
             break
-        else:
-            if name not in _PLAIN_ANCILLARY or length != (_PLAIN_ANCILLARY[name] or length) or length > 65536:
-                return False
-            if state == "in":
-                state = "after"
+        elif name not in _PLAIN_ANCILLARY or length != (_PLAIN_ANCILLARY[name] or length) or length > 65536:
+            return None
+        elif state == "in":
+            state = "after"
         pos = stop + 4
-    inflater = zlib.decompressobj()
-    try:
-        raw = inflater.decompress(idat[0] if len(idat) == 1 else b"".join(idat), expected + 1)
-    except zlib.error:
-        return False
-    if len(raw) != expected or not inflater.eof or inflater.unused_data:
-        return False
-    return not raw[::stride].translate(None, _FILTER_TYPES)
+    if not idat:
+        return None
+    return idat[0] if len(idat) == 1 else b"".join(idat)
 
 
-def _read_regular_file(path: str | os.PathLike) -> bytearray | None:
-    """The bytes of a regular file, read straight into a writable buffer (torch.frombuffer takes it
-    without a copy or a warning); None if it cannot be read whole. Half the cost of ``open().read()``."""
+def _read_regular_file(path: str | os.PathLike) -> bytes | None:
+    """The bytes of a regular file; None if it cannot be read whole (or is a FIFO, a device...)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -131,8 +116,8 @@ def _read_regular_file(path: str | os.PathLike) -> bytearray | None:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             return None
-        data = bytearray(info.st_size)
-        return data if os.readv(fd, [data]) == info.st_size else None
+        data = os.read(fd, info.st_size)
+        return data if len(data) == info.st_size else None
     except OSError:
         return None
     finally:
@@ -140,25 +125,30 @@ def _read_regular_file(path: str | os.PathLike) -> bytearray | None:
 
 
 def decode_plain_png(path: str | os.PathLike, size: tuple[int, int]) -> torch.Tensor | None:
-    """``[3, H, W]`` uint8 pixels of an 8-bit RGB PNG of exactly `size` (width, height); None otherwise.
+    """``[3, H, W]`` uint8 pixels of a plain 8-bit RGB PNG of exactly `size` (width, height); None otherwise.
 
-    Lossless 8-bit RGB is the one case where torchvision's libpng decode gives the very pixels PIL
-    gives, at about half PIL's cost: small images then decode at encoder speed. Any other file
-    (other size, depth or colour type, not a PNG, unreadable, corrupt: see `_sound_plain_png`) returns
-    None, so the caller takes the PIL path, and a corrupt file fails there with `load_image`'s error
-    naming it, as it does in every other command.
+    The pixel data goes straight to PIL's own PNG decoder (zlib and the PNG row filters, in C), without
+    the per-file work of ``Image.open`` and ``convert``: the very pixels `load_image` gives, at about
+    half its cost for small images, so they decode at encoder speed. A decoder error is a Python
+    exception, never a crash (torchvision's libpng ``decode_png``, used here before, killed the process
+    on a flipped byte in the pixel data: libpng "IDAT: incorrect data check").
+
+    Any other file (other size, depth, colour type or chunks, not a PNG, unreadable, corrupt) returns
+    None: the caller takes the PIL path, where a corrupt file fails with `load_image`'s one line
+    naming it, as in every other command.
     """
     data = _read_regular_file(path)
     if data is None or len(data) < 33 or data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
         return None
-    width, height, depth, colour_type = struct.unpack(">IIBB", data[16:26])
+    width, height, depth, colour_type = struct.unpack_from(">IIBB", data, 16)
     if (width, height) != tuple(size) or depth != 8 or colour_type != 2:
         return None
-    if not _sound_plain_png(data, width, height):
+    stream = _plain_png_stream(data)
+    if stream is None:
         return None
-    from torchvision.io import decode_png
-
     try:
-        return decode_png(torch.frombuffer(data, dtype=torch.uint8))
-    except RuntimeError:
+        image = Image.frombytes("RGB", (width, height), stream, "zip", "RGB")
+    except (ValueError, OSError, MemoryError):  # broken or short zlib stream, bad row filter
         return None
+    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    return pixels.view(height, width, 3).permute(2, 0, 1)

@@ -2,18 +2,30 @@
 
 It lets vlprompt run end to end offline (demo, tests, CI): `load_world_clip_state_dict` gives the
 bundled `vlprompt-tiny` weights, `write_world_datasets` writes shifted downstream datasets in the
-real CoOp and CZSL on-disk formats.
+real CoOp and CZSL on-disk formats. The names are imported lazily (PEP 562): writing the datasets
+needs neither open_clip nor the pretraining code.
 """
 
-from vlprompt.embedded.export import WORLD_DATASETS, write_world_datasets
-from vlprompt.embedded.pretrain import RECIPE_SEED, evaluate_pretraining_zero_shot
-from vlprompt.embedded.weights import BUNDLED_WEIGHTS, load_world_clip_state_dict
+from __future__ import annotations
 
-__all__ = [
-    "BUNDLED_WEIGHTS",
-    "RECIPE_SEED",
-    "WORLD_DATASETS",
-    "evaluate_pretraining_zero_shot",
-    "load_world_clip_state_dict",
-    "write_world_datasets",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BUNDLED_WEIGHTS": "vlprompt.embedded.weights",
+    "RECIPE_SEED": "vlprompt.embedded.pretrain",
+    "WORLD_DATASETS": "vlprompt.embedded.export",
+    "evaluate_pretraining_zero_shot": "vlprompt.embedded.pretrain",
+    "load_world_clip_state_dict": "vlprompt.embedded.weights",
+    "write_world_datasets": "vlprompt.embedded.export",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,13 +1,28 @@
-"""Engine: frozen feature extraction, metrics and evaluation (the trainer lives here too)."""
+"""Engine: frozen feature extraction, the feature cache, the trainer, evaluation and metrics.
 
-from vlprompt.engine.features import extract_image_features, stream_image_features
-from vlprompt.engine.metrics import classification_metrics
-from vlprompt.engine.zero_shot import evaluate_zero_shot, format_results_table
+The names below are imported lazily (PEP 562), so `vlprompt.engine.train_config` (needed to check a
+config) does not pull in the image pipeline or the backbones.
+"""
 
-__all__ = [
-    "classification_metrics",
-    "evaluate_zero_shot",
-    "extract_image_features",
-    "format_results_table",
-    "stream_image_features",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "classification_metrics": "vlprompt.engine.metrics",
+    "evaluate_zero_shot": "vlprompt.engine.zero_shot",
+    "extract_image_features": "vlprompt.engine.features",
+    "format_results_table": "vlprompt.engine.zero_shot",
+    "stream_image_features": "vlprompt.engine.features",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import queue
 import sys
 import threading
@@ -20,7 +21,9 @@ from vlprompt.data.classification import ImageItems, Item
 from vlprompt.data.images import decode_plain_png
 
 
+@functools.cache
 def _to_tensor_types() -> tuple[type, ...]:
+    """The ToTensor step types the fast path recognises (torchvision/open_clip loaded on first use)."""
     from torchvision import transforms as T
 
     types: list[type] = [T.ToTensor]
@@ -31,9 +34,6 @@ def _to_tensor_types() -> tuple[type, ...]:
     except ImportError:  # pragma: no cover - open_clip is a dependency
         pass
     return tuple(types)
-
-
-_TO_TENSOR_TYPES = _to_tensor_types()
 
 
 def show_progress(progress: bool) -> bool:
@@ -220,7 +220,7 @@ def split_transform(transform: Callable) -> tuple[Callable, Callable[[torch.Tens
     if not isinstance(transform, T.Compose) or not steps or len(steps) < 2:
         return None
     to_tensor, normalize = steps[-2], steps[-1]
-    if type(to_tensor) not in _TO_TENSOR_TYPES or type(normalize) is not T.Normalize or normalize.inplace:
+    if type(to_tensor) not in _to_tensor_types() or type(normalize) is not T.Normalize or normalize.inplace:
         return None
     mean, std = normalize.mean, normalize.std
 

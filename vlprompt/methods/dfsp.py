@@ -239,6 +239,10 @@ class DFSP(PairMethod):
         w = self.config.res_w
         return F.normalize(w * clip + (1 - w) * fused, dim=-1)
 
+    def class_features(self) -> torch.Tensor | None:
+        """None with fusion: the fused scores depend on the image, so there is no fixed classifier."""
+        return None if self.fusion is not None else super().class_features()
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         pairs = self.pair_index
         text, to_decompose, fused_text = self._text_sides(pairs)  # [P, D]

@@ -11,8 +11,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import open_clip
-
 from vlprompt.errors import VLPromptError
 from vlprompt.registry import Registry, unknown_name_message
 
@@ -36,8 +34,13 @@ COOP_TEMPLATES: dict[str, str] = {
     "imagenet": "a photo of a {}.",
 }
 
-# CLIP's 80 ImageNet templates, from open_clip's lambdas turned into "{}" strings.
-IMAGENET_80: tuple[str, ...] = tuple(t(SLOT) for t in open_clip.OPENAI_IMAGENET_TEMPLATES)
+
+def imagenet_80() -> tuple[str, ...]:
+    """CLIP's 80 ImageNet templates, from open_clip's lambdas turned into "{}" strings (open_clip is
+    imported on first use: checking a config must not wait for it)."""
+    import open_clip  # heavy (torchvision): only when the bank is asked for
+
+    return tuple(t(SLOT) for t in open_clip.OPENAI_IMAGENET_TEMPLATES)
 
 # CoOp's 7-template subset (IMAGENET_TEMPLATES_SELECT), used by its ZeroshotCLIP2 ensemble.
 IMAGENET_SELECT_7: tuple[str, ...] = (
@@ -67,7 +70,7 @@ def _single(dataset: ClassificationDataset | None) -> list[str]:
 
 @TEMPLATE_BANKS.register("imagenet80")
 def _imagenet80(dataset: ClassificationDataset | None) -> list[str]:
-    return list(IMAGENET_80)
+    return list(imagenet_80())
 
 
 @TEMPLATE_BANKS.register("imagenet_select7")
