@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench
+.PHONY: demo test test-fast lint bench
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n 2 -q
+
+test-fast: $(STAMP)  # the developer loop: everything but the end-to-end runs marked slow
+	$(VENV)/bin/python -m pytest -n 2 -q -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check vlprompt tests bench

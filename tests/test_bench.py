@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # end to end: excluded by `make test-fast`, run by `make test` and CI
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 

@@ -15,7 +15,7 @@ from vlprompt.engine.cache import FeatureCache
 from vlprompt.methods import PairLabels, build_method
 from vlprompt.methods.dfsp import DFSP, image_token_count
 from vlprompt.methods.pairs import group_mean, mean_token_embeddings
-from vlprompt.tasks.runner import run_experiment
+from vlprompt.runner import run_experiment
 
 ATTRS, OBJS = ["red", "wet", "old"], ["apple", "car"]
 

@@ -14,6 +14,8 @@ from vlprompt import api
 from vlprompt.config import ExperimentConfig
 from vlprompt.embedded.export import write_world_datasets
 
+pytestmark = pytest.mark.slow  # end to end: excluded by `make test-fast`, run by `make test` and CI
+
 ROOT_NAME = "world_czsl"
 
 

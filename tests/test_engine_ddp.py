@@ -8,11 +8,14 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from helpers import colour_items
 
 from vlprompt.engine.cache import FeatureCache
 from vlprompt.engine.trainer import TrainConfig, Trainer
+
+pytestmark = pytest.mark.slow  # end to end: excluded by `make test-fast`, run by `make test` and CI
 
 CLASSES = ["red", "green", "blue"]
 

@@ -8,6 +8,8 @@ from vlprompt import api
 from vlprompt.config import ExperimentConfig
 from vlprompt.engine.zero_shot import evaluate_zero_shot
 
+pytestmark = pytest.mark.slow  # end to end: excluded by `make test-fast`, run by `make test` and CI
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):

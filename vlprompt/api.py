@@ -15,7 +15,7 @@ from vlprompt.data.webdataset_reader import WdsDataset
 from vlprompt.data.world import WORLD_PREFIX, get_dataset, world_data_root
 from vlprompt.engine.evaluate import evaluate_method
 from vlprompt.engine.zero_shot import evaluate_zero_shot
-from vlprompt.tasks.runner import format_experiment, headline, run_experiment
+from vlprompt.runner import format_experiment, headline, run_experiment
 from vlprompt.zoo import load_prompt
 
 __all__ = [

@@ -104,11 +104,6 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
     return config
 
 
-def dataclass_from_dict(cls: type, values: dict[str, Any] | None, where: str) -> Any:
-    """A config section as its dataclass: unknown keys and wrong types fail with one line."""
-    return from_dict(cls, values, where)
-
-
 EXPERIMENT_KEYS = ["task", "backbone", "dataset", "method", "protocol", "train", "eval", "output_dir", "published"]
 
 

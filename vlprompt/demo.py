@@ -13,6 +13,7 @@ from typing import Any
 from vlprompt import api
 from vlprompt.config import ExperimentConfig
 from vlprompt.engine.logging import write_json
+from vlprompt.engine.zero_shot import evaluate_zero_shot
 
 WORLD_DATASETS = ("world_shapes", "world_textures", "world_colored_shapes")
 DEMO_CONFIG = "experiments/world_coop.yaml"
@@ -41,8 +42,6 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
 
 def run_demo(data_root: str | None = None, out_dir: Path = Path("runs/demo"), quick: bool = False) -> list[dict]:
     """Generate the world datasets, evaluate zero-shot, train CoOp on each, print and save the table."""
-    from vlprompt.engine.zero_shot import evaluate_zero_shot
-
     started = time.perf_counter()
     print("vlprompt demo: the embedded world (no network needed)")
     backbone = api.load_backbone("vlprompt-tiny", "world", "auto")

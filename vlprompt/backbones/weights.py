@@ -8,17 +8,9 @@ from pathlib import Path
 import torch
 
 from vlprompt.errors import VLPromptError
+from vlprompt.hashing import file_sha256  # noqa: F401  (the backbone modules import it from here)
 
 WEIGHTS_HASH_LENGTH = 16  # hex digits of a weights hash in `BackboneIdentity` (checkpoints and cache keys)
-
-
-def file_sha256(path: str | Path) -> str:
-    """Full sha256 hex digest of a file, read in 1 MiB blocks (the zoo verifies whole digests)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def short_hash(digest: str) -> str:

@@ -22,7 +22,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace, train: bool) -> None:
     from vlprompt.config import ExperimentConfig
     from vlprompt.czsl.evaluate import format_results
-    from vlprompt.tasks.runner import run_experiment
+    from vlprompt.runner import run_experiment
 
     overrides = list(args.overrides) + ["task=czsl"]
     if args.root:

@@ -68,7 +68,7 @@ def _train_command(sub: argparse._SubParsersAction) -> None:
         from vlprompt.config import ExperimentConfig
 
         config = ExperimentConfig.load(args.config, args.overrides)  # a typo fails here, before anything heavy
-        from vlprompt.tasks.runner import format_experiment, run_experiment
+        from vlprompt.runner import format_experiment, run_experiment
 
         result = run_experiment(config, resume=args.resume)
         print(format_experiment(result))

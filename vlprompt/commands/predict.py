@@ -6,6 +6,7 @@ import argparse
 import json
 
 from vlprompt.commands import COMMANDS
+from vlprompt.commands.zoo import _classes_arg
 
 
 @COMMANDS.register("predict")
@@ -20,7 +21,6 @@ def _predict_command(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
 
     def run(args: argparse.Namespace) -> None:
-        from vlprompt.commands.zoo import _classes_arg
         from vlprompt.zoo.predict import format_predictions, predict
 
         results = predict(

@@ -114,7 +114,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _add(args: argparse.Namespace) -> None:
-    from vlprompt.zoo.registry import BUNDLED_DIR, REGISTRY_FILE, add_bundled_entry
+    from vlprompt.zoo.bundle import BUNDLED_DIR, REGISTRY_FILE, add_bundled_entry
 
     entry = add_bundled_entry(
         args.checkpoint,

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from vlprompt.errors import VLPromptError
+from vlprompt.paths import atomic_path
 
 PHASES = ("train", "val", "test")
 
@@ -79,13 +80,6 @@ def load_metadata(path: Path) -> list[dict]:
     return data
 
 
-def save_metadata(entries: list[dict], path: Path) -> None:
-    from vlprompt.paths import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save(list(entries), tmp)
-
-
 def make_pair_files(root: str | Path, split_dir: str = "compositional-split-natural", metadata: str | None = None,
                     overwrite: bool = False) -> dict[str, int]:
     """Regenerate ``{train,val,test}_pairs.txt`` from the metadata (the split downloads keep dying).
@@ -94,8 +88,6 @@ def make_pair_files(root: str | Path, split_dir: str = "compositional-split-natu
     train/val counts as test; ``NA`` entries are skipped). Lines are written in sorted order.
     Returns the number of pairs per phase.
     """
-    from vlprompt.paths import atomic_path
-
     root = Path(root)
     meta_path = root / (metadata or f"metadata_{split_dir}.t7")
     entries = load_metadata(meta_path)

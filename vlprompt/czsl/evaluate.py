@@ -24,6 +24,7 @@ from vlprompt.czsl.metrics import (
     feasibility_thresholds,
     summary_metrics,
 )
+from vlprompt.engine.features import extract_image_features
 from vlprompt.engine.views import SeededImages
 from vlprompt.errors import VLPromptError
 from vlprompt.methods.pairs import PairMethod
@@ -52,8 +53,6 @@ def image_features(method: PairMethod, items: Sequence, state: dict[str, Any], o
         if cache is not None:
             feats = cache.get(backbone, items, backbone.eval_transform, views=1)[0]
         else:
-            from vlprompt.engine.features import extract_image_features
-
             feats = extract_image_features(backbone, items, backbone.eval_transform, batch_size=options.batch_size,
                                            num_workers=options.num_workers, progress=False)
         return feats.to(method.pair_index.device).float()

@@ -19,8 +19,6 @@ from vlprompt.data.fgvc import read_lines
 from vlprompt.data.folder import IMAGE_EXTENSIONS
 from vlprompt.errors import VLPromptError
 
-IGNORED = ("README.txt",)
-
 
 @dataclass
 class ImageNetDataset(ClassificationDataset):

@@ -13,6 +13,8 @@ from vlprompt.data.configs import BUILTIN_CONFIG_DIR, DatasetConfig, read_datase
 from vlprompt.data.csv_reader import read_csv_dataset
 from vlprompt.data.fgvc import read_fgvc_variants, read_lines
 from vlprompt.data.folder import read_image_folder
+from vlprompt.data.imagenet import read_imagenet, read_imagenet_v2
+from vlprompt.data.webdataset_reader import WdsDataset, read_wds_dataset
 from vlprompt.errors import VLPromptError
 from vlprompt.registry import Registry, unknown_name_message
 
@@ -22,7 +24,7 @@ CSV_PREFIX = "csv:"
 
 DatasetFactory = Callable[[Path, bool], ClassificationDataset]  # (data root, verify) -> dataset
 FormatReader = Callable[[DatasetConfig, Path, bool], ClassificationDataset]  # (config, folder, verify)
-PrefixReader = Callable[[str, bool], ClassificationDataset]  # (what follows the prefix, verify) -> dataset
+PrefixReader = Callable[[str, bool], "ClassificationDataset | WdsDataset"]  # (what follows the prefix, verify) -> dataset
 
 DATASETS: Registry[DatasetFactory] = Registry("dataset")
 DATASET_FORMATS: Registry[FormatReader] = Registry("dataset format")
@@ -127,9 +129,7 @@ def _read_csv_name(location: str, verify: bool) -> ClassificationDataset:
 
 
 @DATASET_PREFIXES.register("wds:")
-def _read_wds_name(location: str, verify: bool):  # -> WdsDataset: lazy splits, streamed (data/webdataset_reader.py)
-    from vlprompt.data.webdataset_reader import read_wds_dataset
-
+def _read_wds_name(location: str, verify: bool) -> WdsDataset:  # lazy splits, streamed (data/webdataset_reader.py)
     return read_wds_dataset(location)
 
 
@@ -159,7 +159,7 @@ def get_dataset_config(name: str) -> DatasetConfig:
     return _CONFIGS[name]
 
 
-def load_dataset(name: str, root: str | Path | None = None, verify: bool = False) -> ClassificationDataset:
+def load_dataset(name: str, root: str | Path | None = None, verify: bool = False) -> ClassificationDataset | WdsDataset:
     """Load a dataset by registry name from `root` (default ``$VLPROMPT_DATA``), or by a prefixed name
     that carries its own location (``folder:<path>``, ``csv:<file.csv>``; `root` is not used for those).
 
@@ -185,23 +185,17 @@ def load_dataset(name: str, root: str | Path | None = None, verify: bool = False
 
 @DATASET_FORMATS.register("imagenet")
 def _read_imagenet(config: DatasetConfig, folder: Path, verify: bool) -> ClassificationDataset:
-    from vlprompt.data.imagenet import read_imagenet
-
     classnames = folder / _require(config, "classnames_file")
     return read_imagenet(folder / config.image_dir, classnames, config.name, config.template, subset=False)
 
 
 @DATASET_FORMATS.register("imagenet_subset")
 def _read_imagenet_subset(config: DatasetConfig, folder: Path, verify: bool) -> ClassificationDataset:
-    from vlprompt.data.imagenet import read_imagenet
-
     classnames = folder / _require(config, "classnames_file")
     return read_imagenet(folder / config.image_dir, classnames, config.name, config.template, subset=True)
 
 
 @DATASET_FORMATS.register("imagenetv2")
 def _read_imagenet_v2(config: DatasetConfig, folder: Path, verify: bool) -> ClassificationDataset:
-    from vlprompt.data.imagenet import read_imagenet_v2
-
     classnames = folder / _require(config, "classnames_file")
     return read_imagenet_v2(folder / config.image_dir, classnames, config.name, config.template)

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from vlprompt.embedded.architecture import WORLD_ARCH, register_world_architecture
 from vlprompt.embedded.batches import caption_batch, normalize_images, positives_matrix, render_batch
 from vlprompt.embedded.captions import caption_words
+from vlprompt.embedded.compact import save_compact_weights
 from vlprompt.embedded.render import render_scene
 from vlprompt.embedded.scene import sample_scene
 from vlprompt.embedded.vocab import COLOUR_NAMES, SHAPES
@@ -214,8 +215,6 @@ def evaluate_pretraining_zero_shot(model: nn.Module, n_images: int = 1000, seed:
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: train with the recipe and write the compact weights file."""
-    from vlprompt.embedded.weights import save_compact_weights
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="where to write the .safetensors file")
     ap.add_argument("--steps", type=int, default=PretrainConfig.steps)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vlprompt.backbones.base import BackboneIdentity
 from vlprompt.errors import VLPromptError
 from vlprompt.paths import atomic_path
 
@@ -68,8 +69,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def check_compatible(payload: dict[str, Any], path: str | Path, identity: dict, classnames: list[str], method: str) -> None:
     """Refuse to resume a run of another backbone, other classes or another method, naming both."""
-    from vlprompt.backbones.base import BackboneIdentity
-
     saved_identity = BackboneIdentity(**payload["backbone"])
     here = BackboneIdentity(**identity)
     if not here.same_model(saved_identity):

@@ -14,13 +14,11 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vlprompt.data.protocols import harmonic_mean
+from vlprompt.engine.runs import RunRecord
 from vlprompt.paths import atomic_path
-
-if TYPE_CHECKING:
-    from vlprompt.engine.sweep import RunRecord
 
 BASE_NEW = ("base", "new", "hm")
 

@@ -22,26 +22,14 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from vlprompt.data.protocols import harmonic_mean
+from vlprompt.engine.report import SummaryRow, aggregate, write_report
+from vlprompt.engine.runs import RunRecord, RunSpec
 from vlprompt.errors import VLPromptError
 from vlprompt.paths import atomic_path
 
 PROTOCOLS = ("few-shot", "base-to-new", "cross-dataset", "domain-generalisation")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One run of a sweep: what `run_one` is asked to do."""
-
-    method: str
-    dataset: str
-    shots: int
-    seed: int
-    protocol: str = "few-shot"
-
-    @property
-    def label(self) -> str:
-        return f"{self.method}/{self.dataset}/shots{self.shots}/seed{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -81,24 +69,12 @@ class SweepGrid:
         return [RunSpec(m, d, k, s, self.protocol) for m, d, k, s in product(self.methods, self.datasets, self.shots, self.seeds)]
 
 
-@dataclass(frozen=True)
-class RunRecord:
-    """A finished run: its spec, metrics, the whole result dict, where it is stored, and whether it was
-    read back from an earlier sweep rather than run now."""
-
-    spec: RunSpec
-    metrics: dict[str, float]
-    result: dict[str, Any]
-    path: Path
-    resumed: bool
-
-
 @dataclass
 class SweepResult:
     """Every run of the grid (new and resumed), the per-setting summary and the report files written."""
 
     records: list[RunRecord]
-    summary: list[Any]  # list[report.SummaryRow]
+    summary: list[SummaryRow]
     files: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -129,8 +105,6 @@ def check_metrics(metrics: object, where: str) -> dict[str, float]:
             raise VLPromptError(f"{where}: metric {name!r} must be a finite number, got {value!r}")
     metrics = {name: float(value) for name, value in metrics.items()}
     if "base" in metrics and "new" in metrics and "hm" not in metrics:
-        from vlprompt.data.protocols import harmonic_mean
-
         metrics["hm"] = harmonic_mean(metrics["base"], metrics["new"])
     return metrics
 
@@ -183,8 +157,6 @@ def run_sweep(
     An exception from `run_one` stops the sweep; finished runs are kept, so calling again resumes.
     With `report`, writes summary.json, summary.md and PNG plots under `out_dir` (see `report`).
     """
-    from vlprompt.engine.report import aggregate, write_report
-
     out_dir = Path(out_dir)
     records: list[RunRecord] = []
     specs = grid.specs()

@@ -1,38 +1,35 @@
 """Hand-crafted template banks: CLIP's 80 ImageNet prompts, CoOp's per-dataset templates, files.
 
 Sources (attribution): CLIP's ``Prompt_Engineering_for_ImageNet.ipynb`` via open_clip's
-``OPENAI_IMAGENET_TEMPLATES``; CoOp's ``trainers/zsclip.py`` (``CUSTOM_TEMPLATES``) and
-``trainers/imagenet_templates.py`` (``IMAGENET_TEMPLATES_SELECT``).
+``OPENAI_IMAGENET_TEMPLATES``; the CoOp, LASP and KgCoOp lists are data in ``banks/`` (with their
+sources), registered here by name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from vlprompt.embedded.captions import TEMPLATES as WORLD_CAPTION_TEMPLATES
 from vlprompt.errors import VLPromptError
+from vlprompt.prompts.banks.coop import COOP_TEMPLATES, IMAGENET_SELECT_7
+from vlprompt.prompts.banks.lasp import LASP_34, LASP_35
 from vlprompt.registry import Registry, unknown_name_message
-
-if TYPE_CHECKING:
-    from vlprompt.data.classification import ClassificationDataset
 
 SLOT = "{}"
 
-# CoOp's single template per dataset (trainers/zsclip.py), keyed by vlprompt's dataset names.
-COOP_TEMPLATES: dict[str, str] = {
-    "oxford_pets": "a photo of a {}, a type of pet.",
-    "oxford_flowers": "a photo of a {}, a type of flower.",
-    "fgvc_aircraft": "a photo of a {}, a type of aircraft.",
-    "dtd": "{} texture.",
-    "eurosat": "a centered satellite photo of {}.",
-    "stanford_cars": "a photo of a {}.",
-    "food101": "a photo of {}, a type of food.",
-    "sun397": "a photo of a {}.",
-    "caltech101": "a photo of a {}.",
-    "ucf101": "a photo of a person doing {}.",
-    "imagenet": "a photo of a {}.",
-}
+
+class TemplateSource(Protocol):
+    """What a bank reads from a dataset: its name and its own template (a `ClassificationDataset` or a
+    `WdsDataset`; a dataset may also have ``templates``, a list). A protocol, so prompts need not import
+    the data readers (they import this module)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def template(self) -> str: ...
 
 
 def imagenet_80() -> tuple[str, ...]:
@@ -42,58 +39,48 @@ def imagenet_80() -> tuple[str, ...]:
 
     return tuple(t(SLOT) for t in open_clip.OPENAI_IMAGENET_TEMPLATES)
 
-# CoOp's 7-template subset (IMAGENET_TEMPLATES_SELECT), used by its ZeroshotCLIP2 ensemble.
-IMAGENET_SELECT_7: tuple[str, ...] = (
-    "itap of a {}.",
-    "a bad photo of the {}.",
-    "a origami {}.",
-    "a photo of the large {}.",
-    "a {} in a video game.",
-    "art of the {}.",
-    "a photo of the small {}.",
-)
 
-TemplateBank = Callable[["ClassificationDataset | None"], list[str]]
+TemplateBank = Callable[["TemplateSource | None"], list[str]]
 TEMPLATE_BANKS: Registry[TemplateBank] = Registry("template bank")
 
 
-def _dataset_template(dataset: ClassificationDataset | None, spec: str) -> str:
+def _dataset_template(dataset: TemplateSource | None, spec: str) -> str:
     if dataset is None:
         raise VLPromptError(f"templates {spec!r} need a dataset (its own template), but none was given")
     return dataset.template
 
 
 @TEMPLATE_BANKS.register("single")
-def _single(dataset: ClassificationDataset | None) -> list[str]:
+def _single(dataset: TemplateSource | None) -> list[str]:
     return ["a photo of a {}."]
 
 
 @TEMPLATE_BANKS.register("imagenet80")
-def _imagenet80(dataset: ClassificationDataset | None) -> list[str]:
+def _imagenet80(dataset: TemplateSource | None) -> list[str]:
     return list(imagenet_80())
 
 
 @TEMPLATE_BANKS.register("imagenet_select7")
-def _select7(dataset: ClassificationDataset | None) -> list[str]:
+def _select7(dataset: TemplateSource | None) -> list[str]:
     return list(IMAGENET_SELECT_7)
 
 
 @TEMPLATE_BANKS.register("dataset")
-def _own(dataset: ClassificationDataset | None) -> list[str]:
+def _own(dataset: TemplateSource | None) -> list[str]:
     """The dataset's own template, or all of them for datasets that ship a list (``wds:`` folders)."""
     own = getattr(dataset, "templates", None)
     return list(own) if own else [_dataset_template(dataset, "dataset")]
 
 
 @TEMPLATE_BANKS.register("coop")
-def _coop(dataset: ClassificationDataset | None) -> list[str]:
+def _coop(dataset: TemplateSource | None) -> list[str]:
     """CoOp's published template for the dataset (falls back to the dataset's own template)."""
     name = dataset.name if dataset is not None else None
     return [COOP_TEMPLATES[name]] if name in COOP_TEMPLATES else [_dataset_template(dataset, "coop")]
 
 
 @TEMPLATE_BANKS.register("coop_ensemble")
-def _coop_ensemble(dataset: ClassificationDataset | None) -> list[str]:
+def _coop_ensemble(dataset: TemplateSource | None) -> list[str]:
     """CoOp's ZeroshotCLIP2: the 7 selected ImageNet templates plus the dataset's own one."""
     own = _dataset_template(dataset, "coop_ensemble")
     return list(IMAGENET_SELECT_7) + ([own] if own not in IMAGENET_SELECT_7 else [])
@@ -129,7 +116,7 @@ def read_template_file(path: str | Path) -> list[str]:
     return templates
 
 
-def get_templates(spec: str | Sequence[str], dataset: ClassificationDataset | None = None) -> list[str]:
+def get_templates(spec: str | Sequence[str], dataset: TemplateSource | None = None) -> list[str]:
     """Resolve a template spec: a bank name, ``"dataset"`` (its own template), a text file, or a list."""
     if not isinstance(spec, str):
         templates = [check_template(t, "templates") for t in spec]
@@ -161,24 +148,18 @@ def fill_templates(templates: Sequence[str], classnames: Sequence[str]) -> list[
 
 
 @TEMPLATE_BANKS.register("lasp35")
-def _lasp35(dataset: ClassificationDataset | None) -> list[str]:
+def _lasp35(dataset: TemplateSource | None) -> list[str]:
     """The 35 templates of every released LASP config, duplicate included (see banks/lasp.py)."""
-    from vlprompt.prompts.banks.lasp import LASP_35
-
     return list(LASP_35)
 
 
 @TEMPLATE_BANKS.register("lasp34")
-def _lasp34(dataset: ClassificationDataset | None) -> list[str]:
+def _lasp34(dataset: TemplateSource | None) -> list[str]:
     """LASP's list without its duplicate "a bad photo of the {}."."""
-    from vlprompt.prompts.banks.lasp import LASP_34
-
     return list(LASP_34)
 
 
 @TEMPLATE_BANKS.register("world_captions")
-def _world_captions(dataset: ClassificationDataset | None) -> list[str]:
+def _world_captions(dataset: TemplateSource | None) -> list[str]:
     """The phrasings the embedded world's captions use (its text tower was pretrained on them)."""
-    from vlprompt.embedded.captions import TEMPLATES
-
-    return [template.replace("{np}", SLOT) for template, _ in TEMPLATES]
+    return [template.replace("{np}", SLOT) for template, _ in WORLD_CAPTION_TEMPLATES]

@@ -1,4 +1,4 @@
-"""Tasks (classification, compositional zero-shot) as data, and the one experiment runner."""
+"""Tasks (classification, compositional zero-shot) as data; `vlprompt.runner` runs any of them."""
 
 from vlprompt.tasks import classification, czsl  # noqa: F401  (fill the task registry)
 from vlprompt.tasks.base import TASKS, Task, TaskPlan

@@ -3,7 +3,7 @@
 A `Task` names its config sections (dataset, protocol, eval) and a planner. The planner turns a
 loaded config into a `TaskPlan`: the label space the method trains on, training / validation items,
 the label spaces it will be evaluated on, and an ``evaluate(method, cache)`` that returns the metrics.
-The runner (`vlprompt.tasks.runner.run_experiment`) is the same for every task.
+The runner (`vlprompt.runner.run_experiment`) is the same for every task.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from typing import Any
 
 _EXPORTS = {
     "ZooEntry": "vlprompt.zoo.registry",
-    "add_bundled_entry": "vlprompt.zoo.registry",
+    "add_bundled_entry": "vlprompt.zoo.bundle",
     "download_url": "vlprompt.zoo.download",
     "export_classifier": "vlprompt.zoo.checkpoint",
     "fetch": "vlprompt.zoo.registry",

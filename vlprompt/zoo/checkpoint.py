@@ -29,11 +29,14 @@ from safetensors.torch import load_file, save_file
 
 import vlprompt
 from vlprompt.backbones.base import Backbone
-from vlprompt.backbones.weights import file_sha256  # noqa: F401  (full digest; the zoo modules import it from here)
 from vlprompt.errors import VLPromptError
+from vlprompt.hashing import file_sha256  # noqa: F401  (full digest; the zoo modules import it from here)
 from vlprompt.methods.base import PromptMethod, build_method
 from vlprompt.methods.label_space import ClassLabels, LabelSpace, label_space_from_dict
 from vlprompt.paths import atomic_path, read_json
+from vlprompt.registry import unknown_name_message
+from vlprompt.zoo.download import is_offline
+from vlprompt.zoo.registry import fetch, load_registry
 
 FORMAT_VERSION = 2
 HEADER_KEY = "vlprompt_config"  # safetensors header metadata key holding the JSON config
@@ -226,22 +229,16 @@ def resolve_prompt(path_or_name: str | os.PathLike, offline: bool | None = None,
         return Path(path_or_name)
     if str(path_or_name).startswith("hf://"):
         return _download_hub_prompt(str(path_or_name), offline)
-    from vlprompt.zoo.registry import fetch, load_registry
-
     registry = load_registry()
     name = str(path_or_name)
     if name in registry:
         return fetch(registry[name], offline=offline, progress=progress)
-    from vlprompt.registry import unknown_name_message
-
     hint = unknown_name_message("zoo entry", name, list(registry) or ["(the zoo is empty)"])
     raise VLPromptError(f"no prompt checkpoint at {name!r}, and {hint}")
 
 
 def _download_hub_prompt(spec: str, offline: bool | None) -> Path:
     """``hf://org/repo[/file][@revision]``: the self-contained safetensors file, through the HF cache."""
-    from vlprompt.zoo.download import is_offline
-
     body, _, revision = spec[len("hf://") :].partition("@")
     parts = body.split("/")
     if len(parts) < 2:

@@ -18,13 +18,15 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-
-from tqdm.auto import tqdm
+from typing import TYPE_CHECKING
 
 import vlprompt
 from vlprompt.errors import VLPromptError
+from vlprompt.hashing import file_sha256
 from vlprompt.paths import atomic_path
-from vlprompt.zoo.checkpoint import file_sha256
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 OFFLINE_ENVS = ("VLPROMPT_OFFLINE", "HF_HUB_OFFLINE")
 PROGRESS_MIN_BYTES = 1 << 20  # progress bars only for files of a megabyte or more (or of unknown size)
@@ -65,6 +67,8 @@ def verify_file(path: str | os.PathLike, sha256: str, size: int | None = None) -
 
 
 def _progress(total: int | None, initial: int, desc: str, progress: bool) -> tqdm:
+    from tqdm.auto import tqdm  # ~50 ms: only a transfer needs it, not reading the zoo registry (`vlprompt zoo list`)
+
     show = progress and sys.stderr.isatty() and (total is None or total >= PROGRESS_MIN_BYTES)
     return tqdm(
         total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=not show, leave=False

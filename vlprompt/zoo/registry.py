@@ -33,9 +33,12 @@ from typing import Any
 
 from vlprompt.errors import VLPromptError
 from vlprompt.paths import atomic_path, cache_dir, read_json
+from vlprompt.registry import unknown_name_message
+from vlprompt.zoo.download import DownloadError, copy_verified, download_url, offline_reason, verify_file
 
-# vlprompt.zoo.download (and through it torch) is imported by the functions that fetch or verify:
-# reading the registry (`vlprompt zoo list`, `zoo info`) stays light.
+# Reading the registry (`vlprompt zoo list`, `zoo info`) imports no torch: this module and
+# vlprompt.zoo.download need only the standard library and tqdm. Checkpoints (torch) are in
+# vlprompt.zoo.checkpoint, which imports this module, never the reverse.
 
 REGISTRY_FILE = Path(__file__).with_name("registry.json")
 BUNDLED_DIR = Path(__file__).with_name("bundled")
@@ -43,7 +46,7 @@ REGISTRY_ENV = "VLPROMPT_ZOO"
 REGISTRY_FORMAT = 1
 SCHEMES = ("package:", "file:", "hf://", "https://", "http://")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+ENTRY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _CORE_KEYS = ("name", "filename", "sources", "source", "sha256", "size")
 
 
@@ -63,7 +66,7 @@ class ZooEntry:
     def from_dict(cls, values: dict[str, Any], registry: Path | None = None) -> ZooEntry:
         where = f"zoo registry {registry}" if registry else "zoo entry"
         name = values.get("name")
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not ENTRY_NAME.match(name):
             raise VLPromptError(f"{where}: entry name {name!r} must be letters, digits, '.', '_', '+' or '-'")
         sources = values.get("sources", values.get("source"))
         sources = [sources] if isinstance(sources, str) else list(sources or [])
@@ -130,8 +133,6 @@ def load_registry(paths: list[str | os.PathLike] | None = None) -> dict[str, Zoo
 def get_entry(name: str, registry: dict[str, ZooEntry] | None = None) -> ZooEntry:
     registry = load_registry() if registry is None else registry
     if name not in registry:
-        from vlprompt.registry import unknown_name_message
-
         raise VLPromptError(unknown_name_message("zoo entry", name, list(registry) or ["(the zoo is empty)"]))
     return registry[name]
 
@@ -163,8 +164,6 @@ def parse_hf_source(source: str) -> tuple[str, str, str | None]:
 
 
 def _fetch_hf(source: str, entry: ZooEntry, offline: bool) -> Path:
-    from vlprompt.zoo.download import DownloadError, copy_verified
-
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
@@ -192,8 +191,6 @@ def fetch(
     `offline` defaults to the environment (``VLPROMPT_OFFLINE`` / ``HF_HUB_OFFLINE``): then only the
     cache, package/file sources and the Hugging Face cache are used.
     """
-    from vlprompt.zoo.download import DownloadError, download_url, offline_reason, verify_file
-
     entry = get_entry(entry) if isinstance(entry, str) else entry
     reason = offline_reason() if offline is None else ("offline=True" if offline else None)
     cached = entry.cache_path
@@ -244,8 +241,6 @@ def local_copy(entry: ZooEntry) -> Path | None:
 
 def verify_entry(entry: ZooEntry) -> tuple[str, Path | None]:
     """("ok" | "missing" | "mismatch", path) for the local copy of an entry."""
-    from vlprompt.zoo.download import verify_file
-
     path = local_copy(entry)
     if path is None:
         return "missing", None
@@ -273,61 +268,7 @@ def entry_metadata(meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _package_source(path: Path) -> str | None:
-    """``package:vlprompt/...`` when `path` lies inside the installed vlprompt package."""
-    import vlprompt
-
-    root = Path(vlprompt.__file__).resolve().parent
-    try:
-        return f"package:vlprompt/{path.resolve().relative_to(root).as_posix()}"
-    except ValueError:
-        return None
-
-
 def write_registry_file(path: str | os.PathLike, entries: list[ZooEntry]) -> None:
     payload = {"format_version": REGISTRY_FORMAT, "entries": [e.to_dict() for e in sorted(entries, key=lambda e: e.name)]}
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
-
-
-def add_bundled_entry(
-    checkpoint: str | os.PathLike,
-    name: str,
-    *,
-    description: str = "",
-    registry_path: str | os.PathLike = REGISTRY_FILE,
-    bundled_dir: str | os.PathLike = BUNDLED_DIR,
-    extra_sources: list[str] | tuple[str, ...] = (),
-    overwrite: bool = False,
-) -> ZooEntry:
-    """Copy a trained prompt into `bundled_dir` as one self-contained file and list it in `registry_path`.
-
-    The bundled file gets the checkpoint's config in its safetensors header; the entry records its
-    sha256 and size, a ``package:`` source (``file:`` when `bundled_dir` is outside the package), any
-    `extra_sources` after it (mirrors: URLs or ``hf://`` ids that already hold the same bytes), and a
-    summary of the config. Returns the new entry.
-    """
-    from vlprompt.zoo.checkpoint import file_sha256, read_prompt, write_prompt_files
-
-    if not _NAME.match(name):
-        raise VLPromptError(f"zoo entry name {name!r} must be letters, digits, '.', '_', '+' or '-'")
-    registry_path = Path(registry_path)
-    existing = read_registry_file(registry_path) if registry_path.is_file() else []
-    if any(e.name == name for e in existing) and not overwrite:
-        raise VLPromptError(f"zoo registry {registry_path} already has an entry {name!r} (pass overwrite=True / --force)")
-    tensors, meta = read_prompt(checkpoint)
-    target = Path(bundled_dir) / f"{name}.safetensors"
-    write_prompt_files(tensors, meta, target, None)
-    source = _package_source(target) or f"file:{os.path.relpath(target.resolve(), registry_path.resolve().parent)}"
-    values = {
-        "name": name,
-        "description": description,
-        "filename": target.name,
-        "sources": [source, *extra_sources],
-        "sha256": file_sha256(target),
-        "size": target.stat().st_size,
-        **entry_metadata(meta),
-    }
-    entry = ZooEntry.from_dict(values, registry_path)
-    write_registry_file(registry_path, [e for e in existing if e.name != name] + [entry])
-    return entry

@@ -12,7 +12,7 @@ Sources (attribution):
 
 from __future__ import annotations
 
-from vlprompt.prompts.templates import IMAGENET_SELECT_7
+from vlprompt.prompts.banks.coop import IMAGENET_SELECT_7
 
 LASP_35: tuple[str, ...] = (
     "a photo of a {}, a type of flower.",

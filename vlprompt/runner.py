@@ -1,5 +1,9 @@
 """The one experiment runner, for every task: plan the data, build (or load) the method, fit it,
-evaluate it, save its prompt and a result JSON into the run's folder."""
+evaluate it, save its prompt and a result JSON into the run's folder.
+
+It sits above `vlprompt.config` (it runs a loaded `ExperimentConfig`), which itself reads the task
+registry in `vlprompt.tasks`; so the runner is a top-level module, not part of the tasks package.
+"""
 
 from __future__ import annotations
 
