@@ -98,7 +98,8 @@ def _files(root):
     return sorted(p.name for p in root.rglob("*") if p.is_file() and p.suffix != ".lock") if root.exists() else []
 
 
-FAST = {"retries": 2, "backoff": 0.0, "timeout": 120.0, "progress": False}  # generous: a loaded box must not time out a local server
+# generous timeout: a loaded box must not time out the local server
+FAST = {"retries": 2, "backoff": 0.0, "timeout": 120.0, "progress": False}
 
 
 def test_good_download_is_verified_and_cached(base, server, tmp_path):
