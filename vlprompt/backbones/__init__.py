@@ -7,8 +7,7 @@ fast; `create_backbone` and the source registries load the libraries when first 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from vlprompt.lazy import lazy_exports
 
 _EXPORTS = {
     "Backbone": "vlprompt.backbones.base",
@@ -28,15 +27,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -31,7 +31,7 @@ from open_clip.transformer import TextTransformer
 
 from vlprompt.backbones.base import Backbone, BackboneIdentity
 from vlprompt.backbones.capabilities import Capability
-from vlprompt.backbones.deep_prompts import DeepPrompts, VisualPrompts
+from vlprompt.backbones.deep_prompts import DeepPrompts
 from vlprompt.backbones.open_clip_backbone import (
     TextTowerParts,
     _check_architecture,
@@ -39,7 +39,7 @@ from vlprompt.backbones.open_clip_backbone import (
     text_capabilities,
     text_tower_states,
 )
-from vlprompt.backbones.open_clip_vision import block_norms, pool_vit_states, vision_capabilities, vit_token_states
+from vlprompt.backbones.open_clip_vision import OpenClipImageSide, vision_capabilities
 from vlprompt.backbones.pretrained import build_open_clip
 from vlprompt.backbones.registry import BACKBONE_SOURCES
 from vlprompt.errors import VLPromptError
@@ -204,7 +204,7 @@ def text_tower(model: torch.nn.Module, name: str) -> OpenClipTextTower | HFTextT
     return _tower_class(model.text)(model.text, name)
 
 
-class CustomTextClipBackbone(Backbone):
+class CustomTextClipBackbone(OpenClipImageSide, Backbone):
     """Frozen open_clip `CustomTextCLIP` whose ``text`` is a `TextTransformer` or an `HFTextEncoder`."""
 
     def __init__(self, model: torch.nn.Module, identity: BackboneIdentity) -> None:
@@ -265,26 +265,6 @@ class CustomTextClipBackbone(Backbone):
 
     def shared_prefix_unsupported(self) -> str | None:
         return "CustomTextCLIP towers have no shared-prefix encoding in vlprompt (whole prompts are encoded)"
-
-    def encode_image(self, images: torch.Tensor, visual: VisualPrompts | None = None) -> torch.Tensor:
-        if visual is None:
-            return self.model.encode_image(images.to(self.device, self.dtype))
-        self.require(Capability.VISUAL_PROMPTS, "encode_image(visual=...)")
-        return self.pool_image_states(self.image_token_states(images, visual))
-
-    def image_token_states(self, images: torch.Tensor, visual: VisualPrompts | None = None) -> torch.Tensor:
-        self.require(Capability.IMAGE_TOKEN_STATES, "image_token_states")
-        if visual is not None:
-            self.require(Capability.VISUAL_PROMPTS, "image_token_states(visual=...)")
-        return vit_token_states(self.model.visual, images.to(self.device, self.dtype), visual)
-
-    def pool_image_states(self, states: torch.Tensor) -> torch.Tensor:
-        self.require(Capability.IMAGE_TOKEN_STATES, "pool_image_states")
-        return pool_vit_states(self.model.visual, states)
-
-    def image_norm_modules(self) -> list[torch.nn.Module]:
-        self.require(Capability.IMAGE_NORMS, "image_norm_modules")
-        return block_norms(self.model.visual)
 
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         self.require(Capability.IMAGE_TOKENS, "image_tokens")

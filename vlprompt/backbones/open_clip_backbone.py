@@ -11,10 +11,10 @@ from open_clip.model import CLIP
 
 from vlprompt.backbones.base import Backbone, BackboneIdentity
 from vlprompt.backbones.capabilities import Capability
-from vlprompt.backbones.deep_prompts import DeepPrompts, VisualPrompts
+from vlprompt.backbones.deep_prompts import DeepPrompts
 from vlprompt.backbones.model_configs import register_model_configs
 from vlprompt.backbones.open_clip_blocks import run_blocks, runs_as_blocks
-from vlprompt.backbones.open_clip_vision import block_norms, pool_vit_states, vision_capabilities, vit_token_states
+from vlprompt.backbones.open_clip_vision import OpenClipImageSide, vision_capabilities
 from vlprompt.backbones.pretrained import build_open_clip
 from vlprompt.backbones.registry import BACKBONE_SOURCES
 from vlprompt.backbones.shared_prefix import shared_prefix_forward, unsupported_reason
@@ -83,7 +83,7 @@ def pool_text_states(tower: TextTowerParts, states: torch.Tensor, eot_index: tor
     return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
 
 
-class OpenClipBackbone(Backbone):
+class OpenClipBackbone(OpenClipImageSide, Backbone):
     """Soft prompts through open_clip's own text tower: positional embedding, causal mask, blocks,
     final LayerNorm, EOT pooling and projection, exactly as ``CLIP.encode_text`` runs them."""
 
@@ -206,26 +206,6 @@ class OpenClipBackbone(Backbone):
         return x[0] if single else x
 
     # -- image -------------------------------------------------------------------------------
-
-    def encode_image(self, images: torch.Tensor, visual: VisualPrompts | None = None) -> torch.Tensor:
-        if visual is None:
-            return self.model.encode_image(images.to(self.device, self.dtype))
-        self.require(Capability.VISUAL_PROMPTS, "encode_image(visual=...)")
-        return self.pool_image_states(self.image_token_states(images, visual))
-
-    def image_token_states(self, images: torch.Tensor, visual: VisualPrompts | None = None) -> torch.Tensor:
-        self.require(Capability.IMAGE_TOKEN_STATES, "image_token_states")
-        if visual is not None:
-            self.require(Capability.VISUAL_PROMPTS, "image_token_states(visual=...)")
-        return vit_token_states(self.model.visual, images.to(self.device, self.dtype), visual)
-
-    def pool_image_states(self, states: torch.Tensor) -> torch.Tensor:
-        self.require(Capability.IMAGE_TOKEN_STATES, "pool_image_states")
-        return pool_vit_states(self.model.visual, states)
-
-    def image_norm_modules(self) -> list[torch.nn.Module]:
-        self.require(Capability.IMAGE_NORMS, "image_norm_modules")
-        return block_norms(self.model.visual)
 
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         self.require(Capability.IMAGE_TOKENS, "image_tokens")

@@ -69,3 +69,28 @@ def pool_vit_states(visual: nn.Module, states: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["block_norms", "pool_vit_states", "vision_capabilities", "vit_token_states"]
+
+
+class OpenClipImageSide:
+    """The image half of a backbone whose ``self.model.visual`` is an open_clip image tower (plain CLIP and
+    CustomTextCLIP share it): encoding with optional visual prompts, token states, pooling, block norms."""
+
+    def encode_image(self, images: torch.Tensor, visual: VisualPrompts | None = None) -> torch.Tensor:
+        if visual is None:
+            return self.model.encode_image(images.to(self.device, self.dtype))
+        self.require(Capability.VISUAL_PROMPTS, "encode_image(visual=...)")
+        return self.pool_image_states(self.image_token_states(images, visual))
+
+    def image_token_states(self, images: torch.Tensor, visual: VisualPrompts | None = None) -> torch.Tensor:
+        self.require(Capability.IMAGE_TOKEN_STATES, "image_token_states")
+        if visual is not None:
+            self.require(Capability.VISUAL_PROMPTS, "image_token_states(visual=...)")
+        return vit_token_states(self.model.visual, images.to(self.device, self.dtype), visual)
+
+    def pool_image_states(self, states: torch.Tensor) -> torch.Tensor:
+        self.require(Capability.IMAGE_TOKEN_STATES, "pool_image_states")
+        return pool_vit_states(self.model.visual, states)
+
+    def image_norm_modules(self) -> list[nn.Module]:
+        self.require(Capability.IMAGE_NORMS, "image_norm_modules")
+        return block_norms(self.model.visual)

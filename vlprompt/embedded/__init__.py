@@ -8,8 +8,7 @@ needs neither open_clip nor the pretraining code.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from vlprompt.lazy import lazy_exports
 
 _EXPORTS = {
     "BUNDLED_WEIGHTS": "vlprompt.embedded.weights",
@@ -21,11 +20,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

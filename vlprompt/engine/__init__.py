@@ -6,8 +6,7 @@ config) does not pull in the image pipeline or the backbones.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from vlprompt.lazy import lazy_exports
 
 _EXPORTS = {
     "classification_metrics": "vlprompt.engine.metrics",
@@ -18,11 +17,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

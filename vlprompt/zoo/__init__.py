@@ -6,10 +6,11 @@ The names below are imported lazily (PEP 562), so reading the registry (`vlpromp
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import Any
+
+from vlprompt.lazy import lazy_exports
 
 _EXPORTS = {
     "ZooEntry": "vlprompt.zoo.registry",
@@ -29,18 +30,7 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 class _ZooModule(types.ModuleType):
