@@ -123,6 +123,16 @@ class Backbone(nn.Module):
         self.require(Capability.TEXT_TOKEN_STATES, "pool_text_states")
         raise NotImplementedError
 
+    def text_block_count(self) -> int:
+        """How many text blocks deep prompts can address (depth J <= this). `Capability.DEEP_TEXT_PROMPTS`."""
+        self.require(Capability.DEEP_TEXT_PROMPTS, "text_block_count")
+        raise NotImplementedError
+
+    def image_prompt_shape(self) -> tuple[int, int]:
+        """(image blocks, image token width) for visual prompts. `Capability.VISUAL_PROMPTS`."""
+        self.require(Capability.VISUAL_PROMPTS, "image_prompt_shape")
+        raise NotImplementedError
+
     def shared_prefix_unsupported(self) -> str | None:
         """Why `encode_text_embeds_shared` cannot run exactly on this tower now (None: it can)."""
         if not self.supports(Capability.SHARED_PREFIX):
@@ -142,7 +152,8 @@ class Backbone(nn.Module):
         prefix ``[S, W]`` or ``[G, S, W]``; suffix ``[N, T, W]`` or ``[G, N, T, W]`` (prompt n of group g
         is ``cat(prefix[g], suffix[g, n])``); eot_index ``[N]``: pooled positions in the whole prompt,
         all >= S. Returns ``[N, D]`` or ``[G, N, D]``, equal to `encode_text_embeds` on the whole prompts.
-        `Capability.SHARED_PREFIX`. Deep prompts are refused here for now: they take the plain path.
+        `Capability.SHARED_PREFIX`. `deep` prompts are taken when their tokens are shared ``[n, W]`` tensors
+        whose positions lie inside the prefix (they are then class-independent, so the prefix stays shared).
         """
         self.require(Capability.SHARED_PREFIX, "encode_text_embeds_shared")
         raise NotImplementedError

@@ -263,6 +263,10 @@ class CustomTextClipBackbone(OpenClipImageSide, Backbone):
         self.require(Capability.TEXT_TOKEN_STATES, "pool_text_states")
         return self.tower.pool(states, eot_index)
 
+    def text_block_count(self) -> int:
+        self.require(Capability.DEEP_TEXT_PROMPTS, "text_block_count")
+        return len(self.tower.parts.transformer.resblocks)
+
     def shared_prefix_unsupported(self) -> str | None:
         return "CustomTextCLIP towers have no shared-prefix encoding in vlprompt (whole prompts are encoded)"
 

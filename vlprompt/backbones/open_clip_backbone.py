@@ -155,6 +155,10 @@ class OpenClipBackbone(OpenClipImageSide, Backbone):
     def pool_text_states(self, states: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
         return pool_text_states(self.text_tower, states, eot_index)
 
+    def text_block_count(self) -> int:
+        self.require(Capability.DEEP_TEXT_PROMPTS, "text_block_count")
+        return len(self.model.transformer.resblocks)
+
     def shared_prefix_unsupported(self) -> str | None:
         reason = self._shared_prefix_static
         if reason is None and any(b.training and b.attn.dropout > 0 for b in self.model.transformer.resblocks):
@@ -169,11 +173,6 @@ class OpenClipBackbone(OpenClipImageSide, Backbone):
         truncate: bool = True,
         deep: DeepPrompts | None = None,
     ) -> torch.Tensor:
-        if deep is not None and deep.layers:
-            raise VLPromptError(
-                f"{self.identity.name}: shared-prefix encoding takes no deep prompts yet; encode whole prompts "
-                "(encode_text_embeds(..., deep=...)) or set use_shared_prefix = False"
-            )
         reason = self.shared_prefix_unsupported()
         if reason is not None:
             raise VLPromptError(f"{self.identity.name}: shared-prefix encoding is not exact here: {reason}")
@@ -191,13 +190,22 @@ class OpenClipBackbone(OpenClipImageSide, Backbone):
         eot = eot_index.to(suffix.device) - S
         if int(eot.min()) < 0:
             raise VLPromptError(f"shared prefix of {S} positions covers a pooled position {int(eot.min()) + S}")
+        if deep is not None and deep.layers and (
+            deep.start + deep.n_tokens > S or any(t.dim() != 2 for t in deep.layers)
+        ):
+            raise VLPromptError(
+                f"{self.identity.name}: shared-prefix encoding takes deep prompts only as shared [n, W] tokens inside "
+                f"the shared prefix (positions {deep.start}..{deep.start + deep.n_tokens - 1}, prefix {S}); "
+                "encode whole prompts (encode_text_embeds(..., deep=...)) instead"
+            )
         if truncate:  # causal tower: positions after the last pooled one are never read
             T = min(T, int(eot.max()) + 1)
         positional = model.positional_embedding.to(cast)
         x_p = prefix.to(cast) + positional[:S]
         x_s = suffix[:, :, :T].to(cast) + positional[S : S + T]
         x = shared_prefix_forward(
-            model.transformer.resblocks, x_p, x_s, grad_checkpointing=model.transformer.grad_checkpointing
+            model.transformer.resblocks, x_p, x_s, grad_checkpointing=model.transformer.grad_checkpointing,
+            deep=deep if deep is not None and deep.layers else None,
         )
         x = model.ln_final(x[:, torch.arange(x.shape[1], device=x.device), eot])  # [G, N, W]
         projection = model.text_projection

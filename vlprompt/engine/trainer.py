@@ -65,6 +65,17 @@ class _EpochSeed:
         return stable_seed("train-image", self.seed, self.epoch, self.fingerprints[index])
 
 
+class _CachedViewSeed:
+    """Seed of the feature cache's view ``views[index]`` of an item (`FeatureCache`'s own seeding), so the
+    image a method sees is the one whose frozen features the cache holds (picklable for workers)."""
+
+    def __init__(self, fingerprints: list[str], views: list[int], base: int) -> None:
+        self.fingerprints, self.views, self.base = fingerprints, views, base
+
+    def __call__(self, index: int) -> int:
+        return stable_seed("view", self.base, self.fingerprints[index], self.views[index])
+
+
 class Trainer:
     """Train `method` on items; ``fit`` returns the result dict also written to ``result.json``.
 
@@ -113,7 +124,7 @@ class Trainer:
         if val_items is not None:
             self._check_labels(val_items, "validation")
         self._setup_device()
-        if self.cache is None and not self.method.needs_images:
+        if self.cache is None and (not self.method.needs_images or self.method.frozen_image_features):
             self.cache = FeatureCache(num_workers=cfg.num_workers, progress=self._show_progress)
 
         method = self.method
@@ -152,6 +163,7 @@ class Trainer:
             if val_items and (is_last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
                 last_eval = self._evaluate(val_items)
                 record["val"] = last_eval
+            method.on_epoch_end(epoch + 1, cfg.epochs)
             self.history.append(record)
             self._save(epoch + 1, optimizer, scaler)
             if self.env.is_main and self.output_dir:
@@ -228,10 +240,16 @@ class Trainer:
     def _training_data(self, items: list[ItemLike]) -> dict[str, Any]:
         """Cached features [V, N, D] on the device, or what the image loader needs."""
         labels = torch.tensor([int(item.label) for item in items], dtype=torch.long)
-        if self.method.needs_images:
-            return {"labels": labels, "items": items, "fingerprints": [item_fingerprint(i.path) for i in items]}
         views = self.config.augment_views
         transform = self.backbone.train_transform if views else self.backbone.eval_transform
+        if self.method.needs_images:
+            data = {"labels": labels, "items": items, "fingerprints": [item_fingerprint(i.path) for i in items]}
+            if self.method.frozen_image_features:
+                # the frozen features of exactly the images the method sees: view v of an item is the
+                # cache's view v (same transform, same seed), so the frozen tower never runs in a step
+                data["frozen"] = self.cache.get(self.backbone, items, transform, views=max(views, 1), across_ranks=True)
+                data["transform"] = transform
+            return data
         # Under torchrun the ranks share the encoding of missing features (a collective call).
         features = self.cache.get(self.backbone, items, transform, views=max(views, 1), across_ranks=True)
         return {"labels": labels.to(self.device), "features": features.to(self.device)}
@@ -242,9 +260,10 @@ class Trainer:
         n = len(data["labels"])
         order = torch.randperm(n, generator=torch.Generator().manual_seed(stable_seed("order", self.config.seed, epoch)))
         views = None
-        if "features" in data and data["features"].shape[0] > 1:
+        cached = data.get("features", data.get("frozen"))
+        if cached is not None and cached.shape[0] > 1:
             g = torch.Generator().manual_seed(stable_seed("views", self.config.seed, epoch))
-            views = torch.randint(data["features"].shape[0], (n,), generator=g)
+            views = torch.randint(cached.shape[0], (n,), generator=g)
         return dist_utils.shard_batches(order, self.config.batch_size, self.env), views
 
     def _batch_iter(self, epoch: int, data: dict[str, Any], batches: list[torch.Tensor], views: torch.Tensor | None):
@@ -254,15 +273,25 @@ class Trainer:
                 view = views[idx].to(self.device) if views is not None else torch.zeros_like(idx_d)
                 yield {"features": data["features"][view, idx_d], "labels": data["labels"][idx_d]}
             return
-        dataset = SeededImages(
-            data["items"], self.backbone.train_transform, _EpochSeed(data["fingerprints"], self.config.seed, epoch)
-        )
+        if "frozen" in data:
+            chosen = views if views is not None else torch.zeros(len(data["labels"]), dtype=torch.long)
+            dataset = SeededImages(
+                data["items"], data["transform"], _CachedViewSeed(data["fingerprints"], chosen.tolist(), self.cache.seed)
+            )
+        else:
+            dataset = SeededImages(
+                data["items"], self.backbone.train_transform, _EpochSeed(data["fingerprints"], self.config.seed, epoch)
+            )
         loader = DataLoader(
             dataset, batch_sampler=[idx.tolist() for idx in batches], num_workers=self.config.num_workers,
             pin_memory=self.device.type == "cuda",
         )
-        for images, labels, _ in loader:
-            yield {"images": images.to(self.device, non_blocking=True), "labels": labels.to(self.device)}
+        for images, labels, index in loader:
+            batch = {"images": images.to(self.device, non_blocking=True), "labels": labels.to(self.device)}
+            if "frozen" in data:
+                view = views[index] if views is not None else torch.zeros_like(index)
+                batch["frozen_features"] = data["frozen"][view, index].to(self.device)
+            yield batch
 
     def _run_epoch(
         self,

@@ -159,6 +159,7 @@ class PromptMethod(nn.Module):
     - ``train_step(batch, model, backward)``: one step's forward, loss and backward;
     - ``fits_in_one_shot`` + ``fit_features(...)``: methods fitted in closed form on cached features
       (linear probe) instead of by the trainer;
+    - ``on_epoch_end(epoch, epochs)``: after each training epoch (PromptSRC's Gaussian prompt aggregation);
     - ``set_label_space(labels)``: predict over other labels (base-to-new, cross-dataset, CZSL phases);
       ``class_agnostic = False`` methods refuse new class names;
     - ``result_metadata()``: what a result JSON and a checkpoint record beyond the metrics.
@@ -169,6 +170,9 @@ class PromptMethod(nn.Module):
     needs_images: ClassVar[bool] = False
     class_agnostic: ClassVar[bool] = True  # can it take new class names after training?
     fits_in_one_shot: ClassVar[bool] = False  # fitted by `fit_features`, not by the trainer
+    # with needs_images: the trainer also puts the frozen tower's L2-normalised features of the very same
+    # images in ``batch["frozen_features"]``, read from the feature cache (no second image pass)
+    frozen_image_features: ClassVar[bool] = False
 
     def __init__(self, backbone: Backbone, labels: LabelSpace | Sequence[str], config: MethodConfig) -> None:
         super().__init__()
@@ -228,6 +232,9 @@ class PromptMethod(nn.Module):
         loss, stats = self.loss(logits, batch)
         backward(loss)
         return loss, stats
+
+    def on_epoch_end(self, epoch: int, epochs: int) -> None:
+        """Called by the trainer after epoch `epoch` (1-based) of `epochs` (weight averaging over epochs)."""
 
     def fit_features(
         self, features: torch.Tensor, labels: torch.Tensor,

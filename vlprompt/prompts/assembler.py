@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
+from vlprompt.backbones.deep_prompts import DeepPrompts
 from vlprompt.errors import VLPromptError
 
 _SLOT = re.compile(r"\{(\w+)\}")
@@ -251,7 +252,9 @@ class PromptAssembler(nn.Module):
         dims = {2: [], 3: [0], 4: [0, 1] if across_images else [1]}[value.dim()]
         return all(value.shape[d] == 1 or value.stride(d) == 0 for d in dims)
 
-    def _plan(self, vectors: Mapping[str, torch.Tensor]) -> tuple[int, bool] | None:
+    def _plan(
+        self, vectors: Mapping[str, torch.Tensor], deep: DeepPrompts | None = None
+    ) -> tuple[int, bool] | None:
         """(prefix length S, one prefix per image?) for the shared path, or None for the plain path."""
         batch = self._check_vectors(vectors)
         backbone = self.backbone
@@ -262,9 +265,16 @@ class PromptAssembler(nn.Module):
             return None
         end = self._max_eot + 1
         n_prompts = self.n_prompts * (batch or 1)
+        deep_end = None
+        if deep is not None and deep.layers:
+            if any(t.dim() != 2 for t in deep.layers):
+                return None  # per-prompt deep tokens cannot be shared
+            deep_end = deep.start + deep.n_tokens
         options = []
         for per_image in (False, True) if batch is not None else (False,):
             S = min(self.shared_prefix_length, self._min_eot)
+            if deep_end is not None and deep_end > S:
+                return None  # deep tokens past the shared prefix: the plain path replaces them per prompt
             for name, value in vectors.items():
                 first, last = self._slot_span[name]
                 if first < S and (last >= S or not self._shared_value(value, across_images=not per_image)):
@@ -277,12 +287,12 @@ class PromptAssembler(nn.Module):
         _, per_image, S = min(options)
         return S, per_image
 
-    def shared_prefix_plan(self, **vectors: torch.Tensor) -> int | None:
+    def shared_prefix_plan(self, deep: DeepPrompts | None = None, **vectors: torch.Tensor) -> int | None:
         """How many leading positions `encode` computes once (once in all, or once per image when
         batched: whichever runs fewer positions), or None when it takes the plain path: switched off, a
         tower where reuse is not exact, or a prefix shorter than `min_shared_prefix` (the class token at
         the front, per-prompt context at the start...)."""
-        plan = self._plan(vectors)
+        plan = self._plan(vectors, deep)
         return None if plan is None else plan[0]
 
     def _assemble_split(
@@ -313,29 +323,36 @@ class PromptAssembler(nn.Module):
                 suffix = suffix.scatter(2, index, value)
         return prefix, suffix.reshape(G, B * P // G, end - S, W)
 
-    def encode(self, **vectors: torch.Tensor) -> torch.Tensor:
+    def encode(self, deep: DeepPrompts | None = None, **vectors: torch.Tensor) -> torch.Tensor:
         """Text features ``[P, D]`` (or ``[B, P, D]``) of the filled prompts, not normalised.
 
         In a causal tower the positions every prompt shares ([SOS] + shared context...) are encoded once
         (per image when the context depends on the image) and only the class-dependent suffixes run
         through the tower; the result equals the plain path. `shared_prefix_plan` tells which path a call
         takes; set ``use_shared_prefix = False`` (or ``backbone.shared_prefix = False``) to force the
-        plain path.
+        plain path. `deep` prompts (`DeepPrompts`: per-layer tokens replacing the states of their positions at
+        the input of blocks 1..J-1) take the shared path too when their tokens are shared and lie in the prefix.
         """
-        plan = self._plan(vectors)
+        if deep is not None and not deep.layers:
+            deep = None
+        plan = self._plan(vectors, deep)
         if plan is not None:
             S, per_image = plan
             batch = self._check_vectors(vectors)
             prefix, suffix = self._assemble_split(vectors, S, batch, per_image)
             self.path_counts["shared"] += 1
             eot = self.eot_index if per_image or batch is None else self.eot_index.repeat(batch)
-            feats = self.backbone.encode_text_embeds_shared(prefix, suffix, eot)
+            feats = self.backbone.encode_text_embeds_shared(prefix, suffix, eot, deep=deep)
             return feats.reshape(batch, self.n_prompts, -1) if batch is not None else feats[0]
         self.path_counts["plain"] += 1
         embeds = self.assemble(**vectors)
         if embeds.dim() == 4:
             B, P = embeds.shape[:2]
             eot = self.eot_index.repeat(B)
+            if deep is not None:
+                raise VLPromptError("deep prompts with per-image slot vectors are not supported")
             feats = self.backbone.encode_text_embeds(embeds.reshape(B * P, *embeds.shape[2:]), eot)
             return feats.reshape(B, P, -1)
+        if deep is not None:
+            return self.backbone.encode_text_embeds(embeds, self.eot_index, deep=deep)
         return self.backbone.encode_text_embeds(embeds, self.eot_index)

@@ -14,9 +14,11 @@ from vlprompt.prompts.templates import fill_templates
 
 
 def handcrafted_features(
-    backbone: Backbone, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 1024
+    backbone: Backbone, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 1024,
+    normalize: bool = True,
 ) -> torch.Tensor:
-    """``[T, C, D]`` fp32 on the backbone's device, each prompt's text feature L2-normalised.
+    """``[T, C, D]`` fp32 on the backbone's device, each prompt's text feature L2-normalised (raw with
+    ``normalize=False``, as PromptSRC averages them).
 
     Class names go in with underscores as spaces (`fill_templates`). Computed without autograd and
     outside autocast, so it is the exact frozen target whatever context it is called from.
@@ -26,11 +28,24 @@ def handcrafted_features(
     with torch.inference_mode(), torch.autocast(device.type, enabled=False):
         encoded = torch.cat(
             [
-                F.normalize(backbone.encode_text(prompts[i : i + batch_size]).float(), dim=-1)
+                _maybe_normalize(backbone.encode_text(prompts[i : i + batch_size]).float(), normalize)
                 for i in range(0, len(prompts), batch_size)
             ]
         )
     return encoded.view(len(classnames), len(templates), -1).transpose(0, 1).contiguous().clone()
+
+
+def _maybe_normalize(x: torch.Tensor, normalize: bool) -> torch.Tensor:
+    return F.normalize(x, dim=-1) if normalize else x
+
+
+def raw_mean_classifier(
+    backbone: Backbone, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 1024
+) -> torch.Tensor:
+    """``[C, D]``: the mean of the *unnormalised* text features over templates, then L2-normalised
+    (PromptSRC's released frozen text features; CLIP's recipe, `text_classifier`, normalises first)."""
+    raw = handcrafted_features(backbone, classnames, templates, batch_size, normalize=False)
+    return F.normalize(raw.mean(dim=0), dim=-1)
 
 
 def text_classifier(

@@ -15,6 +15,7 @@ from vlprompt.embedded.captions import TEMPLATES as WORLD_CAPTION_TEMPLATES
 from vlprompt.errors import VLPromptError
 from vlprompt.prompts.banks.coop import COOP_TEMPLATES, IMAGENET_SELECT_7
 from vlprompt.prompts.banks.lasp import LASP_34, LASP_35
+from vlprompt.prompts.banks.promptsrc import PROMPTSRC_TEMPLATES
 from vlprompt.registry import Registry, unknown_name_message
 
 SLOT = "{}"
@@ -157,6 +158,12 @@ def _lasp35(dataset: TemplateSource | None) -> list[str]:
 def _lasp34(dataset: TemplateSource | None) -> list[str]:
     """LASP's list without its duplicate "a bad photo of the {}."."""
     return list(LASP_34)
+
+
+@TEMPLATE_BANKS.register("promptsrc60")
+def _promptsrc60(dataset: TemplateSource | None) -> list[str]:
+    """PromptSRC's 60 ImageNet templates (its frozen-text ensemble; see banks/promptsrc.py)."""
+    return list(PROMPTSRC_TEMPLATES)
 
 
 @TEMPLATE_BANKS.register("world_captions")
