@@ -5,6 +5,7 @@ compositional zero-shot).
 """
 
 from vlprompt.methods import cocoop, coop, csp, dfsp, kgcoop, lasp, linear_probe, pairs, zero_shot  # noqa: F401
+from vlprompt.methods import infoprompt, mixture, prompt_ensemble  # noqa: F401
 from vlprompt.methods.base import METHODS, MethodConfig, MethodContext, PromptMethod, build_method, register_method
 from vlprompt.methods.label_space import ClassLabels, LabelSpace, PairLabels
 
