@@ -4,8 +4,20 @@ Importing this package fills the registry with every method of both tasks (class
 compositional zero-shot).
 """
 
-from vlprompt.methods import cocoop, coop, csp, dfsp, kgcoop, lasp, linear_probe, pairs, zero_shot  # noqa: F401
-from vlprompt.methods import infoprompt, mixture, prompt_ensemble  # noqa: F401
+from vlprompt.methods import (  # noqa: F401  # noqa: F401
+    cocoop,
+    coop,
+    csp,
+    dfsp,
+    infoprompt,
+    kgcoop,
+    lasp,
+    linear_probe,
+    mixture,
+    pairs,
+    prompt_ensemble,
+    zero_shot,
+)
 from vlprompt.methods.base import METHODS, MethodConfig, MethodContext, PromptMethod, build_method, register_method
 from vlprompt.methods.label_space import ClassLabels, LabelSpace, PairLabels
 

@@ -245,7 +245,8 @@ class SoftPromptMixture(PromptMethod):
                 self._resp_sum.zero_()
                 self._resp_steps = 0
         nll = -float(torch.logsumexp(log_w.detach().view(1, -1) + log_p_label.detach(), dim=-1).mean())
-        return loss, {"loss": float(loss.detach()), "nll": nll, "acc": acc, "effective_prompts": effective_number(self.em_weights)}
+        stats = {"loss": float(loss.detach()), "nll": nll, "acc": acc}
+        return loss, {**stats, "effective_prompts": effective_number(self.em_weights)}
 
     # -- checkpoint: the EM weights are state too -------------------------------------------
 

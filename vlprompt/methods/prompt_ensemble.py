@@ -31,7 +31,7 @@ from vlprompt.errors import VLPromptError
 from vlprompt.methods.base import MethodConfig, PromptMethod, register_method
 from vlprompt.methods.label_space import LabelSpace
 from vlprompt.prompts.assembler import PromptAssembler
-from vlprompt.prompts.context import INIT_STRATEGIES, initial_context, init_strategy
+from vlprompt.prompts.context import INIT_STRATEGIES, init_strategy, initial_context
 from vlprompt.prompts.templates import prompt_classname
 
 COMBINE = ("average", "vote")
