@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,7 @@ from vlprompt.errors import VLPromptError
 from vlprompt.methods.base import MethodConfig, PromptMethod, register_method
 from vlprompt.methods.label_space import LabelSpace
 from vlprompt.prompts.assembler import PromptAssembler
-from vlprompt.prompts.context import initial_context
+from vlprompt.prompts.context import check_init, init_strategy, initial_context
 from vlprompt.prompts.templates import prompt_classname
 
 _LAYOUTS = {
@@ -32,6 +33,12 @@ class CoOpConfig(MethodConfig):
     class_position: str = "end"  # end | middle | front
     init_std: float = 0.02
     init_seed: int | None = None  # None: draw from the global RNG (seeded by the engine)
+    # context init: "" (words if ctx_init else normal) | normal | word | uniform | vocab | class_label
+    init: str = ""
+    class_label_fill: str = "vocab"  # class_label init: rest of the positions from sampled vocab, or "cycle"
+
+    def check(self, where: str) -> None:
+        check_init(self.init, self.ctx_init, where)
 
 
 def context_slots(n_ctx: int, position: str) -> dict[str, int]:
@@ -54,7 +61,10 @@ class CoOp(PromptMethod):
             raise VLPromptError(
                 f"coop: class_position {config.class_position!r} is not one of {sorted(_LAYOUTS)}"
             )
-        ctx = initial_context(backbone, config.n_ctx, config.ctx_init, config.init_std, config.init_seed)
+        ctx = initial_context(
+            backbone, config.n_ctx, config.ctx_init, config.init_std, config.init_seed, config.init, classnames,
+            class_label_fill=config.class_label_fill,
+        )
         self.n_ctx = ctx.shape[0]
         if config.class_specific:
             ctx = ctx.unsqueeze(0).repeat(len(classnames), 1, 1)
@@ -89,3 +99,12 @@ class CoOp(PromptMethod):
 
     def class_features(self) -> torch.Tensor:
         return F.normalize(self.prompts.encode(**self.context_vectors()), dim=-1)
+
+    def result_metadata(self) -> dict[str, Any]:
+        return {**super().result_metadata(), "ctx_init": context_init_record(self.config, self.n_ctx)}
+
+
+def context_init_record(config: Any, n_ctx: int) -> dict[str, Any]:
+    """How the context started (recorded in result JSONs; checkpoints hold the config itself)."""
+    return {"strategy": init_strategy(config.init, config.ctx_init), "n_ctx": n_ctx, "seed": config.init_seed,
+            "words": config.ctx_init or None}

@@ -45,7 +45,7 @@ from vlprompt.methods.base import MethodConfig, MethodContext, PromptMethod, reg
 from vlprompt.methods.label_space import LabelSpace
 from vlprompt.methods.text_losses import DIRECTIONS, text_to_text_loss
 from vlprompt.prompts.assembler import PromptAssembler
-from vlprompt.prompts.context import initial_context
+from vlprompt.prompts.context import check_init, initial_context
 from vlprompt.prompts.handcrafted import handcrafted_features
 from vlprompt.prompts.templates import TEMPLATE_BANKS, get_templates, prompt_classname
 
@@ -62,6 +62,7 @@ class LASPConfig(MethodConfig):
     ctx_init: str = "a photo of a"  # words (sets n_ctx) or "" for N(0, init_std)
     init_std: float = 0.02
     init_seed: int | None = None
+    init: str = ""  # context init strategy (vlprompt.prompts.context); non-word ones need ctx_init: ""
     templates: Any = "lasp35"  # bank name, a literal "{}" template, a text file, or a list
     text_loss_weight: float = 5.0  # lambda_T; 0 switches L_TT off
     direction: str = "soft_as_classifier"  # | handcrafted_as_classifier | symmetric
@@ -158,7 +159,10 @@ class LASP(PromptMethod):
             raise VLPromptError(f"lasp: group_ce {config.group_ce!r} is not one of {list(GROUP_CE)}")
         if not 0.0 <= config.noise_prob <= 1.0 or config.noise_std < 0:
             raise VLPromptError("lasp: noise_prob must be in [0, 1] and noise_std >= 0")
-        ctx = initial_context(backbone, config.n_ctx, config.ctx_init, config.init_std, config.init_seed)
+        check_init(config.init, config.ctx_init, "lasp")
+        ctx = initial_context(
+            backbone, config.n_ctx, config.ctx_init, config.init_std, config.init_seed, config.init, classnames
+        )
         self.n_ctx = ctx.shape[0]
         self.ctx = nn.Parameter(ctx.unsqueeze(0).repeat(config.groups, 1, 1))  # [G, n, W]
 
