@@ -13,7 +13,13 @@ import torch.nn.functional as F
 from vlprompt.cli import main
 from vlprompt.errors import VLPromptError
 from vlprompt.methods.compression import (
-    CompressConfig, compress, compression_loss, compression_target, ensemble_cost, prompt_cost, read_descriptions,
+    CompressConfig,
+    compress,
+    compression_loss,
+    compression_target,
+    ensemble_cost,
+    prompt_cost,
+    read_descriptions,
 )
 from vlprompt.zoo import load_prompt, read_prompt_meta
 
@@ -43,7 +49,8 @@ def test_description_target_averages_each_class_own_sentences(tiny_vit, tmp_path
     assert descriptions == {"red circle": ["a round red thing", "a red disc"], "blue square": ["four blue sides"]}
     target = compression_target(tiny_vit, ["red circle", "blue square"], descriptions=descriptions)
     with torch.no_grad():
-        red = F.normalize(F.normalize(tiny_vit.model.encode_text(tiny_vit.tokenize(descriptions["red circle"])), dim=-1).mean(0), dim=-1)
+        red = tiny_vit.model.encode_text(tiny_vit.tokenize(descriptions["red circle"]))
+        red = F.normalize(F.normalize(red, dim=-1).mean(0), dim=-1)
     torch.testing.assert_close(target[0], red, rtol=0, atol=1e-5)
     with pytest.raises(VLPromptError, match="no descriptions for 1 classes"):
         compression_target(tiny_vit, ["red circle", "green star"], descriptions=descriptions)

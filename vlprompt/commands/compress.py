@@ -13,7 +13,7 @@ from vlprompt.errors import VLPromptError
 
 @COMMANDS.register("compress")
 def _compress_command(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("compress", help="distil a template ensemble or class descriptions into a short soft prompt")
+    parser = sub.add_parser("compress", help="distil templates or class descriptions into a short soft prompt")
     parser.add_argument("--templates", default=None, help="bank (imagenet80, world_captions...), a '{}' template or a FILE")
     parser.add_argument("--descriptions", default=None, help="per-class descriptions: JSON {class: [text]} or 'class: text' lines")
     parser.add_argument("--classes", default=None, help="class names: 'a,b,c' or a file with one per line")
@@ -30,7 +30,12 @@ def _compress_command(sub: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> None:
         from vlprompt import api
         from vlprompt.methods.compression import (
-            CompressConfig, compress, compression_target, ensemble_cost, prompt_cost, read_descriptions,
+            CompressConfig,
+            compress,
+            compression_target,
+            ensemble_cost,
+            prompt_cost,
+            read_descriptions,
         )
         from vlprompt.prompts.templates import get_templates
         from vlprompt.zoo import save_prompt

@@ -105,7 +105,9 @@ def description_features(backbone: Backbone, classnames: Sequence[str], descript
     recipe with the class's own sentences). Every class needs at least one description."""
     missing = [c for c in classnames if c not in descriptions]
     if missing:
-        raise VLPromptError(f"no descriptions for {len(missing)} classes, e.g. {missing[:3]} (described: {sorted(descriptions)[:5]}...)")
+        raise VLPromptError(
+            f"no descriptions for {len(missing)} classes, e.g. {missing[:3]} (described: {sorted(descriptions)[:5]}...)"
+        )
     rows = []
     with torch.inference_mode(), torch.autocast(backbone.device.type, enabled=False):
         for name in classnames:
