@@ -15,7 +15,7 @@ from vlprompt.errors import VLPromptError
 def _compress_command(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("compress", help="distil templates or class descriptions into a short soft prompt")
     parser.add_argument("--templates", default=None, help="bank (imagenet80, world_captions...), a '{}' template or a FILE")
-    parser.add_argument("--descriptions", default=None, help="per-class descriptions: JSON {class: [text]} or 'class: text' lines")
+    parser.add_argument("--descriptions", default=None, help="per-class descriptions: JSON {class: [text]} or class: text lines")
     parser.add_argument("--classes", default=None, help="class names: 'a,b,c' or a file with one per line")
     parser.add_argument("--dataset", default=None, help="take the class names (and 'dataset' templates) from this dataset")
     parser.add_argument("--root", default=None, help="data root for --dataset")
