@@ -4,18 +4,7 @@ Importing this package fills the registry with every method of both tasks (class
 compositional zero-shot).
 """
 
-from vlprompt.methods import (  # noqa: F401
-    cocoop,
-    coop,
-    csp,
-    dfsp,
-    kgcoop,
-    lasp,
-    linear_probe,
-    pairs,
-    tailor,  # noqa: F401
-    zero_shot,
-)
+from vlprompt.methods import cocoop, coop, csp, dfsp, kgcoop, lasp, linear_probe, pairs, persoma, tailor, zero_shot  # noqa: F401
 from vlprompt.methods.base import METHODS, MethodConfig, MethodContext, PromptMethod, build_method, register_method
 from vlprompt.methods.label_space import ClassLabels, LabelSpace, PairLabels
 
