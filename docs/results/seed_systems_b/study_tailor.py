@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from vlprompt import api
 from vlprompt.engine.features import features_and_labels
@@ -86,7 +85,8 @@ def main() -> None:
             state = {k: v.clone() for k, v in tailor.trainable_state().items()}
             for name, mask, reindex in [("tailor", True, True), ("mask_only", True, False), ("reindex_only", False, True),
                                         ("concatenation", False, False)]:
-                variant = build_method("tailor", backbone, classes, {"ctx_init": "a photo of a", "mask": mask, "reindex": reindex})
+                config = {"ctx_init": "a photo of a", "mask": mask, "reindex": reindex}
+                variant = build_method("tailor", backbone, classes, config)
                 variant.load_trainable_state(state)
                 row[f"composed_{name}"] = acc(test_f @ variant.class_features().t(), test_l)
         few = [c * 10 + (c + seed) % 10 for c in range(10)]  # 10 combinations: every colour and shape once
