@@ -11,6 +11,7 @@ from torch import nn
 
 from vlprompt.backbones.capabilities import Capability
 from vlprompt.backbones.deep_prompts import DeepPrompts, VisualPrompts
+from vlprompt.backbones.text_layout import TextLayout
 from vlprompt.errors import VLPromptError
 
 
@@ -132,6 +133,21 @@ class Backbone(nn.Module):
         """(image blocks, image token width) for visual prompts. `Capability.VISUAL_PROMPTS`."""
         self.require(Capability.VISUAL_PROMPTS, "image_prompt_shape")
         raise NotImplementedError
+
+    def text_states_with_layout(
+        self, embeds: torch.Tensor, eot_index: torch.Tensor, layout: TextLayout, truncate: bool = True
+    ) -> torch.Tensor:
+        """`text_token_states` with `layout`'s extra attention blocks and position ids (Tailor's composed
+        prompts). `Capability.TEXT_LAYOUT`; an empty layout is the plain forward."""
+        self.require(Capability.TEXT_LAYOUT, "text_states_with_layout")
+        raise NotImplementedError
+
+    def encode_text_with_layout(
+        self, embeds: torch.Tensor, eot_index: torch.Tensor, layout: TextLayout, truncate: bool = True
+    ) -> torch.Tensor:
+        """``[N, D]`` features of `text_states_with_layout` (final norm, pooling, projection)."""
+        self.require(Capability.TEXT_LAYOUT, "encode_text_with_layout")
+        return self.pool_text_states(self.text_states_with_layout(embeds, eot_index, layout, truncate), eot_index)
 
     def shared_prefix_unsupported(self) -> str | None:
         """Why `encode_text_embeds_shared` cannot run exactly on this tower now (None: it can)."""

@@ -19,6 +19,8 @@ def _predict_command(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    parser.add_argument("--user-examples", default=None, metavar="FOLDER",
+                        help="a user's example images: personalise a prompt adapter (persoma) first, no training")
 
     def run(args: argparse.Namespace) -> None:
         from vlprompt.zoo.predict import format_predictions, predict
@@ -30,6 +32,7 @@ def _predict_command(sub: argparse._SubParsersAction) -> None:
             top_k=args.top_k,
             device=args.device,
             batch_size=args.batch_size,
+            user_examples=args.user_examples,
         )
         print(json.dumps(results, indent=2) if args.json else format_predictions(results))
 

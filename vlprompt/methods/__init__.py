@@ -17,8 +17,10 @@ from vlprompt.methods import (  # noqa: F401  (each import registers its methods
     maple,
     mixture,
     pairs,
+    persoma,
     prompt_ensemble,
     promptsrc,
+    tailor,
     vpt,
     zero_shot,
 )
