@@ -67,6 +67,17 @@ def image_features(method: PairMethod, items: Sequence, state: dict[str, Any], o
 
 
 @torch.no_grad()
+def batch_scores(method: PairMethod, items: Sequence, state: dict[str, Any], options: EvalOptions) -> torch.Tensor:
+    """``[n, P]`` scores of a method whose text side depends on the image batch (DFSP ``img2txt``):
+    each batch of ``options.batch_size`` images scored on its own, as the released code does."""
+    backbone = method.backbone
+    loader = DataLoader(SeededImages(items, backbone.eval_transform, _no_seed), batch_size=options.batch_size,
+                        num_workers=options.num_workers)
+    return torch.cat([method.eval_batch_scores({"images": images.to(backbone.device)}, state).float().cpu()
+                      for images, _, _ in loader])
+
+
+@torch.no_grad()
 def stream_scores(method: PairMethod, state: dict[str, Any], images: torch.Tensor, n_pairs: int, chunk: int):
     """Yield ``(column slice, scores [n, chunk])`` over all pair columns."""
     scale = method.backbone.logit_scale.float()
@@ -97,7 +108,13 @@ def evaluate_phase(method: PairMethod, dataset: CZSLDataset, phase: str, options
     pairs = dataset.all_pair_index
     seen, closed = dataset.seen_mask(), dataset.closed_mask(phase)
     state = method.prepare_eval(pairs)
-    feats = image_features(method, items, state, options, cache)
+    if getattr(method, "batch_scores", False):
+        full = batch_scores(method, items, state, options)
+        blocks = ((slice(s, min(s + options.pair_chunk, len(pairs))), full[:, s : s + options.pair_chunk])
+                  for s in range(0, len(pairs), options.pair_chunk))
+    else:
+        blocks = stream_scores(method, state, image_features(method, items, state, options, cache), len(pairs),
+                               options.pair_chunk)
     if feasibility is not None and search_threshold:
         thresholds = feasibility_thresholds(feasibility, seen, options.threshold_trials)
     elif feasibility is not None:
@@ -108,7 +125,7 @@ def evaluate_phase(method: PairMethod, dataset: CZSLDataset, phase: str, options
         thresholds = None
     n_acc = 1 if thresholds is None else len(thresholds)
     accs = [ScoreAccumulator(labels["pair"], seen, closed, options.k) for _ in range(n_acc)]
-    for cols, block in stream_scores(method, state, feats, len(pairs), options.pair_chunk):
+    for cols, block in blocks:
         for i, acc in enumerate(accs):
             scores = block if thresholds is None else apply_feasibility(
                 block, feasibility, seen, float(thresholds[i]), options.legacy_feasibility, cols)

@@ -160,15 +160,21 @@ class SlotPrompt(nn.Module):
         return self.assembler.encode(**vectors)[:, 0]
 
     def token_states(
-        self, attr_vecs: torch.Tensor, obj_vecs: torch.Tensor, ctx: torch.Tensor | None = None
+        self, attr_vecs: torch.Tensor, obj_vecs: torch.Tensor, ctx: torch.Tensor | None = None,
+        length: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Last-layer token states ``[P, L, W]`` (before the final norm) and each prompt's EOT index."""
+        """Last-layer token states ``[P, L, W]`` (before the final norm) and each prompt's EOT index.
+
+        `length`: run the tower on the first `length` positions (padding after the end token included,
+        as a CLIP loaded with that context length does); None: cut after the end token."""
         vectors = {"attr": attr_vecs[:, None, None, :], "obj": obj_vecs[:, None, None, :]}
         if self.has_ctx:
             vectors["ctx"] = ctx
         embeds = self.assembler.assemble(**vectors)[:, 0]
         eot = self.assembler.eot_index.repeat(len(embeds))
-        return self.assembler.backbone.text_token_states(embeds, eot), eot
+        if length is None:
+            return self.assembler.backbone.text_token_states(embeds, eot), eot
+        return self.assembler.backbone.text_token_states(embeds[:, :length], eot, truncate=False), eot
 
 
 # -- zero-shot --------------------------------------------------------------------------------
