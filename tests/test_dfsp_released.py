@@ -42,7 +42,8 @@ def released_weights(n_prim: int, w_txt: int, w_img: int, n_img: int, fusion: st
         _block(sd, f + "crossblock_img", w_img, g, True)
     else:
         sd.update({f + "img2txt_transform_layer1.weight": r(w_txt, w_img), f + "img2txt_transform_layer1.bias": r(w_txt),
-                   f + "img2txt_transform_layer2.weight": r(L * n_prim, n_img), f + "img2txt_transform_layer2.bias": r(L * n_prim),
+                   f + "img2txt_transform_layer2.weight": r(L * n_prim, n_img),
+                   f + "img2txt_transform_layer2.bias": r(L * n_prim),
                    f + "txt_fine_tune.weight": r(w_txt, w_txt), f + "txt_fine_tune.bias": r(w_txt)})
         _block(sd, f + "crossblock_txt", w_txt, g, True)
     _block(sd, f + "resblocks_img.0", w_img, g, False)
