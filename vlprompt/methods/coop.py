@@ -1,4 +1,10 @@
-"""CoOp: learned context vectors in place of the hand-written prompt words (Zhou et al., IJCV'22)."""
+"""CoOp: learned context vectors in place of the hand-written prompt words (Zhou et al., IJCV'22).
+
+Initialisation as the released code (KaiyangZhou/CoOp, trainers/coop.py): random class-specific context
+draws every class's vectors independently from N(0, 0.02); with init words the released code keeps ONE
+context initialised from the words and ignores ``class_specific`` (``csc_word_init: shared``, the
+default); ``csc_word_init: copies`` gives each class its own copy of the word init instead.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+import logging
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.errors import VLPromptError
@@ -32,6 +40,13 @@ class CoOpConfig(MethodConfig):
     class_position: str = "end"  # end | middle | front
     init_std: float = 0.02
     init_seed: int | None = None  # None: draw from the global RNG (seeded by the engine)
+    # class_specific with ctx_init words: "shared" (released: one context from the words, class_specific
+    # ignored) | "copies" (one copy of the word init per class, then trained separately)
+    csc_word_init: str = "shared"
+
+
+CSC_WORD_INIT = ("shared", "copies")
+log = logging.getLogger(__name__)
 
 
 def context_slots(n_ctx: int, position: str) -> dict[str, int]:
@@ -54,12 +69,19 @@ class CoOp(PromptMethod):
             raise VLPromptError(
                 f"coop: class_position {config.class_position!r} is not one of {sorted(_LAYOUTS)}"
             )
-        ctx = initial_context(backbone, config.n_ctx, config.ctx_init, config.init_std, config.init_seed)
-        self.n_ctx = ctx.shape[0]
-        if config.class_specific:
+        if config.csc_word_init not in CSC_WORD_INIT:
+            raise VLPromptError(f"coop: csc_word_init {config.csc_word_init!r} is not one of {list(CSC_WORD_INIT)}")
+        class_specific = config.class_specific and not (config.ctx_init and config.csc_word_init == "shared")
+        if config.class_specific and not class_specific:
+            log.info("coop: class_specific with ctx_init words keeps one shared context, as the released CoOp "
+                     "(csc_word_init: copies for one copy per class)")
+        n_classes = len(classnames) if class_specific and not config.ctx_init else None
+        ctx = initial_context(backbone, config.n_ctx, config.ctx_init, config.init_std, config.init_seed, n_classes)
+        self.n_ctx = ctx.shape[-2]
+        if class_specific and ctx.dim() == 2:  # word init copied per class
             ctx = ctx.unsqueeze(0).repeat(len(classnames), 1, 1)
         self.ctx = nn.Parameter(ctx)
-        self.class_agnostic = not config.class_specific
+        self.class_agnostic = not class_specific
         self._build_prompts(classnames)
 
     def _build_prompts(self, classnames: Sequence[str]) -> None:
@@ -73,7 +95,7 @@ class CoOp(PromptMethod):
         self.classnames = list(classnames)
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
-        if self.config.class_specific and len(classnames) != self.ctx.shape[0]:
+        if not self.class_agnostic and len(classnames) != self.ctx.shape[0]:
             raise VLPromptError(
                 "coop: class-specific context is tied to the trained classes; "
                 "new class names need unified context (class_specific: false)"

@@ -16,10 +16,13 @@ def word_embeddings(backbone: Backbone, words: str) -> torch.Tensor:
 
 
 def initial_context(
-    backbone: Backbone, n_ctx: int, init_words: str = "", std: float = 0.02, seed: int | None = None
+    backbone: Backbone, n_ctx: int, init_words: str = "", std: float = 0.02, seed: int | None = None,
+    n_classes: int | None = None,
 ) -> torch.Tensor:
-    """[n, W] context: from words when given (n = their token count), else N(0, std)."""
+    """[n, W] context: from words when given (n = their token count), else N(0, std); with `n_classes`
+    random context is ``[n_classes, n, W]``, every class drawn independently (CoOp's class-specific init)."""
     if init_words:
         return word_embeddings(backbone, init_words)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    return torch.randn(n_ctx, backbone.identity.width, generator=generator) * std
+    shape = (n_ctx, backbone.identity.width) if n_classes is None else (n_classes, n_ctx, backbone.identity.width)
+    return torch.randn(*shape, generator=generator) * std
