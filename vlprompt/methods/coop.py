@@ -8,14 +8,13 @@ default); ``csc_word_init: copies`` gives each class its own copy of the word in
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-import logging
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.errors import VLPromptError
