@@ -319,7 +319,8 @@ class DFSP(PairMethod):
         _check_config(config)
         ctx = word_embeddings(backbone, config.ctx_init)
         self.ctx = nn.Parameter(ctx)
-        self.vocab = nn.Parameter(mean_token_embeddings(backbone, self.attrs + self.objs))
+        self.vocab = nn.Parameter(mean_token_embeddings(backbone, self.attrs + self.objs,
+                                                                config.underscores_as_spaces))
         self.dropout = nn.Dropout(config.attr_dropout)
         self.prompt = SlotPrompt(backbone, None, ctx.shape[0])
         self.text_length = self._text_length(config.context_length)
