@@ -55,11 +55,12 @@ def run_experiment(
     backbone = backbone or load_backbone(config.backbone.name, config.backbone.pretrained, config.backbone.device)
     plan = task.plan(config, backbone)
     method = _method_for(config, plan, backbone, prompt)
-    train_config = dataclasses.replace(config.train, output_dir=str(plan.out_dir))
+    train_config = dataclasses.replace(config.train, output_dir=str(plan.out_dir), **plan.train_overrides)
     cache = cache or FeatureCache(num_workers=train_config.num_workers, progress=train_config.progress)
     training: dict[str, Any] = {}
     if train and prompt is None:
-        training = fit_method(method, plan.train, plan.val, train_config, cache, resume=resume)
+        training = fit_method(method, plan.train, plan.val, train_config, cache, resume=resume,
+                              train_transform=plan.train_transform, selector=plan.selector)
     method.to(backbone.device)
     metrics = plan.evaluate(method, cache)
     method.set_label_space(plan.labels)  # the prompt records the labels it was trained on

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from vlprompt.engine.evaluate import evaluate_method
 from vlprompt.engine.logging import MetricsLog, progress_bar, write_json
 from vlprompt.engine.optim import LRSchedule, build_optimizer
 from vlprompt.engine.precision import Precision, resolve_precision
+from vlprompt.engine.selection import EpochSelector
 from vlprompt.engine.train_config import TrainConfig
 from vlprompt.engine.views import ItemLike, SeededImages, item_fingerprint, stable_seed
 from vlprompt.errors import VLPromptError
@@ -85,8 +86,13 @@ class Trainer:
         cache: feature cache for methods that train on features (default: the user cache dir).
     """
 
-    def __init__(self, method: PromptMethod, config: TrainConfig | None = None, cache: FeatureCache | None = None) -> None:
+    def __init__(self, method: PromptMethod, config: TrainConfig | None = None, cache: FeatureCache | None = None,
+                 train_transform: Callable | None = None, selector: EpochSelector | None = None) -> None:
+        """`train_transform`: the training images' transform (default the backbone's); `selector`: keep
+        the best epoch by its score instead of the last one (single process)."""
         self.method = method
+        self.train_transform = train_transform
+        self.selector = selector
         self.config = config or TrainConfig()
         self.config.check()
         self.cache = cache
@@ -164,12 +170,16 @@ class Trainer:
                 last_eval = self._evaluate(val_items)
                 record["val"] = last_eval
             method.on_epoch_end(epoch + 1, cfg.epochs)
+            if self.selector is not None:
+                record["select"] = {self.selector.metric: self.selector.after_epoch(epoch + 1, method, self.cache)}
             self.history.append(record)
             self._save(epoch + 1, optimizer, scaler)
             if self.env.is_main and self.output_dir:
                 MetricsLog(self.output_dir / "metrics.jsonl").append(record)
         if val_items and last_eval is None:  # nothing left to train after resuming a finished run
             last_eval = self._evaluate(val_items)
+        if self.selector is not None:
+            self.selector.restore(method)
 
         result = {
             "method": method.name,
@@ -184,6 +194,8 @@ class Trainer:
             "seconds": time.perf_counter() - started,
             "config": asdict(cfg),
         }
+        if self.selector is not None:
+            result["selection"] = self.selector.summary()
         if self.env.is_main and self.output_dir:
             write_json(self.output_dir / "result.json", result)
         return result
@@ -220,6 +232,10 @@ class Trainer:
             self.backbone.to(device)
         self.method.to(device)
 
+    @property
+    def _train_transform(self) -> Callable:
+        return self.train_transform or self.backbone.train_transform
+
     def _check_labels(self, items: Sequence[ItemLike], what: str) -> None:
         n = len(self.method.classnames)
         bad = next((item for item in items if not 0 <= int(item.label) < n), None)
@@ -241,7 +257,7 @@ class Trainer:
         """Cached features [V, N, D] on the device, or what the image loader needs."""
         labels = torch.tensor([int(item.label) for item in items], dtype=torch.long)
         views = self.config.augment_views
-        transform = self.backbone.train_transform if views else self.backbone.eval_transform
+        transform = self._train_transform if views else self.backbone.eval_transform
         if self.method.needs_images:
             data = {"labels": labels, "items": items, "fingerprints": [item_fingerprint(i.path) for i in items]}
             if self.method.frozen_image_features:
@@ -280,7 +296,7 @@ class Trainer:
             )
         else:
             dataset = SeededImages(
-                data["items"], self.backbone.train_transform, _EpochSeed(data["fingerprints"], self.config.seed, epoch)
+                data["items"], self._train_transform, _EpochSeed(data["fingerprints"], self.config.seed, epoch)
             )
         loader = DataLoader(
             dataset, batch_sampler=[idx.tolist() for idx in batches], num_workers=self.config.num_workers,

@@ -1,7 +1,14 @@
-"""CoOp: learned context vectors in place of the hand-written prompt words (Zhou et al., IJCV'22)."""
+"""CoOp: learned context vectors in place of the hand-written prompt words (Zhou et al., IJCV'22).
+
+Initialisation as the released code (KaiyangZhou/CoOp, trainers/coop.py): random class-specific context
+draws every class's vectors independently from N(0, 0.02); with init words the released code keeps ONE
+context initialised from the words and ignores ``class_specific`` (``csc_word_init: shared``, the
+default); ``csc_word_init: copies`` gives each class its own copy of the word init instead.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,9 +43,18 @@ class CoOpConfig(MethodConfig):
     # context init: "" (words if ctx_init else normal) | normal | word | uniform | vocab | class_label
     init: str = ""
     class_label_fill: str = "vocab"  # class_label init: rest of the positions from sampled vocab, or "cycle"
+    # class_specific with ctx_init words: "shared" (released: one context from the words, class_specific
+    # ignored) | "copies" (one copy of the word init per class, then trained separately)
+    csc_word_init: str = "shared"
 
     def check(self, where: str) -> None:
         check_init(self.init, self.ctx_init, where)
+        if self.csc_word_init not in CSC_WORD_INIT:
+            raise VLPromptError(f"{where}: csc_word_init {self.csc_word_init!r} is not one of {list(CSC_WORD_INIT)}")
+
+
+CSC_WORD_INIT = ("shared", "copies")
+log = logging.getLogger(__name__)
 
 
 def context_slots(n_ctx: int, position: str) -> dict[str, int]:
@@ -61,15 +77,23 @@ class CoOp(PromptMethod):
             raise VLPromptError(
                 f"coop: class_position {config.class_position!r} is not one of {sorted(_LAYOUTS)}"
             )
+        if config.csc_word_init not in CSC_WORD_INIT:
+            raise VLPromptError(f"coop: csc_word_init {config.csc_word_init!r} is not one of {list(CSC_WORD_INIT)}")
+        strategy = init_strategy(config.init, config.ctx_init)
+        class_specific = config.class_specific and not (strategy == "word" and config.csc_word_init == "shared")
+        if config.class_specific and not class_specific:
+            log.info("coop: class_specific with ctx_init words keeps one shared context, as the released CoOp "
+                     "(csc_word_init: copies for one copy per class)")
+        n_classes = len(classnames) if class_specific and strategy in ("normal", "uniform") else None
         ctx = initial_context(
             backbone, config.n_ctx, config.ctx_init, config.init_std, config.init_seed, config.init, classnames,
-            class_label_fill=config.class_label_fill,
+            class_label_fill=config.class_label_fill, n_classes=n_classes,
         )
-        self.n_ctx = ctx.shape[0]
-        if config.class_specific:
+        self.n_ctx = ctx.shape[-2]
+        if class_specific and ctx.dim() == 2:  # word / vocab / class-label init copied per class
             ctx = ctx.unsqueeze(0).repeat(len(classnames), 1, 1)
         self.ctx = nn.Parameter(ctx)
-        self.class_agnostic = not config.class_specific
+        self.class_agnostic = not class_specific
         self._build_prompts(classnames)
 
     def _build_prompts(self, classnames: Sequence[str]) -> None:
@@ -83,7 +107,7 @@ class CoOp(PromptMethod):
         self.classnames = list(classnames)
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
-        if self.config.class_specific and len(classnames) != self.ctx.shape[0]:
+        if not self.class_agnostic and len(classnames) != self.ctx.shape[0]:
             raise VLPromptError(
                 "coop: class-specific context is tied to the trained classes; "
                 "new class names need unified context (class_specific: false)"

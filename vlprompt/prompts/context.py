@@ -108,9 +108,12 @@ def initial_context(
     classnames: Sequence[str] = (),
     uniform_range: float = 0.5,
     class_label_fill: str = "vocab",
+    n_classes: int | None = None,
 ) -> torch.Tensor:
     """[n, W] context by `strategy` (see the module docstring); "" keeps the old rule: words when given
-    (n = their token count), else N(0, std)."""
+    (n = their token count), else N(0, std). With `n_classes`, the random strategies (normal, uniform)
+    give ``[n_classes, n, W]``, every class drawn independently (the released CoOp's class-specific init);
+    the other strategies stay ``[n, W]`` (the caller copies them per class)."""
     strategy = init_strategy(strategy, init_words)
     if strategy not in INIT_STRATEGIES:
         raise VLPromptError(f"context init {strategy!r} is not one of {list(INIT_STRATEGIES)}")
@@ -118,11 +121,11 @@ def initial_context(
         if not init_words:
             raise VLPromptError("context init 'word' needs words (ctx_init: \"a photo of a\")")
         return word_embeddings(backbone, init_words)
-    width = backbone.identity.width
+    shape = (n_ctx, backbone.identity.width) if n_classes is None else (n_classes, n_ctx, backbone.identity.width)
     if strategy == "normal":
-        return torch.randn(n_ctx, width, generator=_generator(seed)) * std
+        return torch.randn(*shape, generator=_generator(seed)) * std
     if strategy == "uniform":
-        return (torch.rand(n_ctx, width, generator=_generator(seed)) * 2 - 1) * uniform_range
+        return (torch.rand(*shape, generator=_generator(seed)) * 2 - 1) * uniform_range
     if strategy == "vocab":
         return sampled_vocab(backbone, n_ctx, seed)
     return class_label_context(backbone, n_ctx, classnames, seed, class_label_fill)

@@ -42,6 +42,9 @@ class TaskPlan:
     evaluate: Callable[..., dict[str, Any]]  # (method, cache) -> metrics
     summary: dict[str, Any] = field(default_factory=dict)  # extra result fields
     split_file: Path | None = None  # the few-shot split file the run trains on, if any
+    train_transform: Callable | None = None  # the task's training-image transform (None: the backbone's)
+    train_overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields the task sets
+    selector: Any = None  # an EpochSelector (keep the best validation epoch) or None (the last epoch)
 
 
 @dataclass(frozen=True)
