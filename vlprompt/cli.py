@@ -15,6 +15,7 @@ import argparse
 import errno
 import os
 import sys
+from typing import NoReturn
 
 from vlprompt import __version__
 from vlprompt.commands import load_commands
@@ -46,6 +47,10 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        """An argument error is one `error:` line (exit 2) like every other, pointing at --help."""
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None,
                         help="the run's folder: experiment.json and the trained prompt (default runs/<method>/<dataset>/...)")
     parser.add_argument("--json", action="store_true", help="print the full results as JSON")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run already in the run's folder")
     parser.add_argument("overrides", nargs="*", help="key.sub=value, e.g. method.name=csp eval.worlds=[closed,open]")
 
 
@@ -30,7 +31,7 @@ def _run(args: argparse.Namespace, train: bool) -> None:
     if args.out:
         overrides.append(f"output_dir={args.out}")
     config = ExperimentConfig.load(args.config, overrides)
-    out = run_experiment(config, train=train, prompt=getattr(args, "prompt", None))
+    out = run_experiment(config, train=train, prompt=getattr(args, "prompt", None), overwrite=args.overwrite)
     if args.json:
         print(json.dumps(out, indent=2, default=float))
     else:
