@@ -382,3 +382,231 @@ def _record(case: str, outcome: str) -> None:
     if table:
         with open(table, "a", encoding="utf-8") as out:
             out.write(f"{case}\t{outcome}\n")
+
+
+# -- faults ---------------------------------------------------------------------------------------------
+
+
+def _child(code: str, cwd: Path, **kwargs) -> subprocess.Popen:
+    """A Python child running `code` with this process's environment (VLPROMPT_CACHE included)."""
+    return subprocess.Popen([sys.executable, "-c", code], cwd=str(cwd), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+KILL_AFTER_EPOCH = """
+import os, sys
+from vlprompt.engine.trainer import Trainer
+save = Trainer._save
+def save_then_die(self, epoch, *args):
+    save(self, epoch, *args)
+    if epoch == {epoch}:
+        os.kill(os.getpid(), {signal})  # kill -9 right after a checkpoint (or pause: a live run)
+Trainer._save = save_then_die
+from vlprompt.cli import main
+sys.exit(main({argv!r}))
+"""
+
+
+def test_kill_9_during_training_then_resume_is_bit_exact(env, trained, tmp_path, capsys):
+    """A run killed by SIGKILL after epoch 3 of 6, resumed (the dead run's lock is taken over), gives the
+    tensors of an uninterrupted run, bit for bit."""
+    argv = [*TRAIN[:3], "protocol.shots=1", "train.epochs=6"]
+    killed = tmp_path / "killed"
+    child = _child(KILL_AFTER_EPOCH.format(epoch=3, signal=int(signal.SIGKILL), argv=[*argv, f"output_dir={killed}"]), env)
+    child.communicate(timeout=300)
+    assert child.returncode == -signal.SIGKILL
+    assert (killed / ".lock").exists() and not (killed / "prompt.safetensors").exists()
+    code, err, _ = run_cli([*argv, f"output_dir={killed}"], capsys)  # not without --resume
+    one_error_line(code, err, str(killed), "unfinished run", "--resume")
+    code, err, _ = run_cli([*argv, f"output_dir={killed}", "--resume"], capsys)
+    assert code == 0, err
+    code, err, _ = run_cli([*argv, f"output_dir={tmp_path / 'whole'}"], capsys)
+    assert code == 0, err
+    resumed, whole = _tensors(killed / "prompt.safetensors"), _tensors(tmp_path / "whole" / "prompt.safetensors")
+    assert resumed.keys() == whole.keys() and all(resumed[k].equal(whole[k]) for k in whole)
+    lines = (killed / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4, 5, 6]
+    assert not (killed / ".lock").exists()
+
+
+def test_concurrent_run_on_one_folder_is_refused_naming_the_holder(env, trained, tmp_path, capsys):
+    argv = [*TRAIN[:3], "protocol.shots=1", "train.epochs=3", f"output_dir={tmp_path / 'run'}"]
+    child = _child(KILL_AFTER_EPOCH.format(epoch=1, signal=int(signal.SIGSTOP), argv=argv), env)
+    try:
+        deadline = time.time() + 240
+        while not (tmp_path / "run" / "last.pt").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        code, err, _ = run_cli(argv, capsys)
+        one_error_line(code, err, f"in use by pid {child.pid}", str(tmp_path / "run"))
+        code, err, _ = run_cli([*argv, "--overwrite"], capsys)  # not even with --overwrite
+        one_error_line(code, err, f"in use by pid {child.pid}")
+        assert (tmp_path / "run" / "last.pt").exists() and not (tmp_path / "run" / "experiment.json").exists()
+    finally:
+        child.kill()
+        child.communicate(timeout=60)
+
+
+KILL_DURING_CACHE_WRITE = """
+import os, signal, sys, time
+import safetensors.torch
+from vlprompt.engine import cache
+def half_then_die(tensors, path, metadata=None):
+    with open(path, "wb") as out:
+        out.write(b"\\0" * 100)
+        out.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+cache.save_file = half_then_die
+from vlprompt.cli import main
+sys.exit(main({argv!r}))
+"""
+
+
+def test_kill_9_during_the_cache_build_then_a_clean_rebuild(env, tmp_path, capsys, monkeypatch):
+    """The build is killed in the middle of writing a shard: the next run computes the features again,
+    and the killed writer's temporary is swept once stale."""
+    from vlprompt import paths
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "world-data").symlink_to((env / "cache" / "world-data").resolve())
+    monkeypatch.setenv("VLPROMPT_CACHE", str(cache))
+    argv = [*TRAIN[:3], "protocol.shots=1", "train.epochs=1"]
+    child = _child(KILL_DURING_CACHE_WRITE.format(argv=[*argv, f"output_dir={tmp_path / 'a'}"]), tmp_path,
+                   env={**os.environ, "VLPROMPT_CACHE": str(cache)})
+    child.communicate(timeout=300)
+    assert child.returncode == -signal.SIGKILL
+    temps = list((cache / "features").rglob("*.tmp"))
+    assert len(temps) == 1 and temps[0].stat().st_size == 100
+    old = time.time() - 2 * paths.STALE_TEMP_AGE
+    os.utime(temps[0], (old, old))
+    paths._swept_folders.clear()
+    code, err, _ = run_cli([*argv, f"output_dir={tmp_path / 'b'}"], capsys)
+    assert code == 0, err
+    assert not temps[0].exists() and list(temps[0].parent.glob("shard-*.safetensors"))
+
+
+@pytest.mark.parametrize("damage", ["zeros", "nan bytes", "header garbage"])
+def test_damaged_cache_entries_are_rebuilt_and_reported(env, folder, tmp_path, damage, recwarn):
+    """A cache shard overwritten with zeros or NaN bytes (or garbage) fails its checksum: it is removed,
+    its entries recomputed (the same features as before), and a warning says so."""
+    import torch
+
+    from vlprompt.backbones import create_backbone
+    from vlprompt.data.folder import read_image_folder
+    from vlprompt.engine.cache import FeatureCache
+
+    torch.manual_seed(0)
+    backbone = create_backbone("vlprompt-test-vit")
+    items = read_image_folder(folder).split("train")
+    first = FeatureCache(tmp_path / "c", progress=False).get(backbone, items, backbone.eval_transform)
+    (shard,) = (tmp_path / "c").rglob("*.safetensors")
+    data = bytearray(shard.read_bytes())
+    header = 8 + int.from_bytes(data[:8], "little")
+    body = {"zeros": bytes(len(data) - header), "nan bytes": b"\xff" * (len(data) - header)}
+    if damage == "header garbage":
+        data[8:20] = b"not json!!!!"
+    else:
+        data[header:] = body[damage]
+    shard.write_bytes(bytes(data))
+    again = FeatureCache(tmp_path / "c", progress=False)
+    second = again.get(backbone, items, backbone.eval_transform)
+    assert torch.equal(first, second) and again.computed == len(items)
+    assert any(f"feature cache shard {shard}" in str(w.message) for w in recwarn)
+    assert FeatureCache(tmp_path / "c", progress=False).get(backbone, items, backbone.eval_transform).equal(first)
+
+
+DISK_FULL = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+from vlprompt.cli import main
+sys.exit(main({argv!r}))
+"""
+
+
+def test_disk_full_during_a_checkpoint_write_is_one_error_line(env, trained, tmp_path):
+    """A file-size limit stands for a full disk: the checkpoint (about 24 KB) cannot be written."""
+    out = tmp_path / "run"
+    argv = [*TRAIN[:3], "protocol.shots=1", "train.epochs=2", f"output_dir={out}"]
+    child = _child(DISK_FULL.format(limit=16 * 1024, argv=argv), env)
+    _, err = child.communicate(timeout=300)
+    one_error_line(child.returncode, err, f"cannot write {out / 'last.pt'}", "File too large")
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp")) and not (out / "last.pt").exists()
+
+
+def test_json_target_symlink_and_fifo(env, folder, tmp_path, capsys):
+    """--json through a symlink writes the file it names (the link stays); into a FIFO, writes through it."""
+    (tmp_path / "real").mkdir()
+    link = tmp_path / "link.json"
+    link.symlink_to(tmp_path / "real" / "r.json")
+    code, err, _ = run_cli([*EVAL, "--dataset", f"folder:{folder}", "--json", str(link)], capsys)
+    assert code == 0, err
+    assert link.is_symlink() and json.loads((tmp_path / "real" / "r.json").read_text())[0]["dataset"]
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    received: list[str] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
+    reader.start()
+    code, err, _ = run_cli([*EVAL, "--dataset", f"folder:{folder}", "--json", str(fifo)], capsys)
+    reader.join(timeout=60)
+    assert code == 0, err
+    assert json.loads(received[0])[0]["dataset"] and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_read_only_output_folder_is_one_error_line_before_any_work(env, folder, tmp_path):
+    """As root permissions do not apply: the command then runs as user nobody (skipped if it cannot)."""
+    import tempfile
+
+    from test_faults import _as_nobody
+
+    base = Path(tempfile.mkdtemp(prefix="vlprompt-ro-"))
+    try:
+        (base / "ro").mkdir()
+        (base / "cache").mkdir()
+        os.chmod(base / "ro", 0o555)
+        os.chmod(base, 0o777)
+        os.chmod(base / "cache", 0o777)
+        run = {"python": sys.executable, "cwd": str(tmp_path), "env": dict(os.environ)}
+        if os.geteuid() == 0:
+            run = _as_nobody(base)
+            if run is None:
+                pytest.skip("running as root and no Python that user nobody can run")
+        python = run.pop("python")
+        run["env"] = {**run["env"], "VLPROMPT_CACHE": str(base / "cache"), "OMP_NUM_THREADS": "1"}
+        pics = base / "pics"
+        shutil.copytree(folder, pics)
+        os.chmod(base, 0o777)
+        for path in pics.rglob("*"):
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        os.chmod(pics, 0o755)
+        done = subprocess.run([python, "-m", "vlprompt", *EVAL, "--dataset", f"folder:{pics}", "--json",
+                               str(base / "ro" / "r.json")], capture_output=True, text=True, timeout=300, **run)
+        one_error_line(done.returncode, done.stderr, f"cannot write {base / 'ro' / 'r.json'}", "Permission denied")
+    finally:
+        os.chmod(base / "ro", 0o755)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_too_long_a_prompt_counts_the_tokens_before_truncation(tiny_vit):
+    from vlprompt.errors import VLPromptError
+    from vlprompt.prompts.assembler import PromptAssembler
+
+    length = tiny_vit.tokenize([""]).shape[1]
+    name = " ".join(["dog"] * (2 * length))  # "dog" is one token
+    with pytest.raises(VLPromptError, match=rf"is {1 + 4 + 2 * length + 1 + 1} tokens with its learned slots; "
+                                            rf"the text tower takes {length}"):
+        PromptAssembler(tiny_vit, "{ctx} {class}.", {"class": [name]}, {"ctx": 4})
+
+
+def test_new_files_follow_the_umask(env, trained):
+    """Prompt tensors (safetensors recreates its file 0600), JSON and checkpoints: one mode, the umask's."""
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in trained.iterdir() if p.is_file() and p.name != ".lock"}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert set(modes.values()) == {0o666 & ~umask}, modes

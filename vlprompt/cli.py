@@ -15,6 +15,7 @@ import argparse
 import errno
 import os
 import sys
+import warnings
 from typing import NoReturn
 
 from vlprompt import __version__
@@ -79,8 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning on the command line is one `warning:` line (no source line, no file position)."""
+    return f"warning: {message}\n"
+
+
 def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
+    warnings.formatwarning = _one_line_warning
     try:
         args.run(args)
     except VLPromptError as exc:
