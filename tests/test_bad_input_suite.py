@@ -310,7 +310,8 @@ PROMPT = ["eval", "--dataset", "world_shapes", "--device", "cpu", "--prompt"]
 PROMPT_CASES = [
     Case("prompt missing", [*PROMPT, "{d}/none.safetensors"], ("no prompt checkpoint at", "none.safetensors")),
     Case("prompt evil.pt", [*PROMPT, "{d}/evil.pt"], ("{d}/evil.pt", "pickle", "not a prompt"), _evil_pickle),
-    Case("prompt a PNG", [*PROMPT, "{d}/x.png"], ("{d}/x.png", "PNG image", "not a prompt"), _write("x.png", b"\x89PNG\r\n\x1a\n" + bytes(30))),
+    Case("prompt a PNG", [*PROMPT, "{d}/x.png"], ("{d}/x.png", "PNG image", "not a prompt"),
+         _write("x.png", b"\x89PNG\r\n\x1a\n" + bytes(30))),
     Case("prompt classnames edited", [*PROMPT, "{d}/p.safetensors"], ("classnames_sha256", "{d}/p"), _copy_prompt(_swap_classes)),
     Case("prompt classnames field edited", [*PROMPT, "{d}/p.safetensors"], ("classnames_sha256", "{d}/p"),
          _copy_prompt(lambda meta, d: meta["classnames"].reverse())),

@@ -31,7 +31,8 @@ def _eval_command(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--templates", default="dataset", help="dataset | single | imagenet80 | FILE")
     parser.add_argument("--prompt", default=None, help="a trained prompt checkpoint (default: zero-shot)")
     parser.add_argument("--batch-size", type=counted_int(1), default=128, help="images per forward pass")
-    parser.add_argument("--workers", type=counted_int(0), default=0, help="data-loading worker processes; 0 loads in the main process")
+    parser.add_argument("--workers", type=counted_int(0), default=0,
+                        help="data-loading worker processes; 0 loads in the main process")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     _add_backbone_args(parser)
 
