@@ -15,6 +15,8 @@ import argparse
 import errno
 import os
 import sys
+import warnings
+from typing import NoReturn
 
 from vlprompt import __version__
 from vlprompt.commands import load_commands
@@ -47,6 +49,10 @@ class ArgumentParser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
+    def error(self, message: str) -> NoReturn:
+        """An argument error is one `error:` line (exit 2) like every other, pointing at --help."""
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="vlprompt", description="Soft prompt learning for CLIP-like vision-language models.")
@@ -74,8 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning on the command line is one `warning:` line (no source line, no file position)."""
+    return f"warning: {message}\n"
+
+
 def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
+    warnings.formatwarning = _one_line_warning
     try:
         args.run(args)
     except VLPromptError as exc:

@@ -57,7 +57,7 @@ def run_demo(data_root: str | None = None, out_dir: Path = Path("runs/demo"), qu
         overrides = [f"dataset.name={name}", f"dataset.root={root}", f"output_dir={out_dir / name / 'coop'}"]
         if quick:
             overrides += ["train.epochs=3", "protocol.shots=4"]
-        result = api.run_experiment(ExperimentConfig.load(DEMO_CONFIG, overrides), backbone=backbone)
+        result = api.run_experiment(ExperimentConfig.load(DEMO_CONFIG, overrides), backbone=backbone, overwrite=True)
         rows.append(
             {
                 "dataset": name,

@@ -19,6 +19,7 @@ from vlprompt.config import ExperimentConfig
 from vlprompt.engine.cache import FeatureCache
 from vlprompt.engine.fit import fit_method
 from vlprompt.engine.logging import write_json
+from vlprompt.engine.run_folder import owning
 from vlprompt.engine.trainer import seed_everything
 from vlprompt.methods.base import MethodContext, PromptMethod, build_method
 from vlprompt.tasks.base import TASKS, TaskPlan
@@ -44,12 +45,21 @@ def run_experiment(
     train: bool = True,
     prompt: str | Path | None = None,
     cache: FeatureCache | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train (or fit) one method under one task and protocol, evaluate it, save the prompt and
     ``experiment.json`` in the run's folder (``output_dir``, or ``runs/<method>/<dataset>/<run>``).
 
-    `train=False` evaluates the method as built (zero-shot); `prompt` evaluates a saved prompt.
+    `train=False` evaluates the method as built (zero-shot); `prompt` evaluates a saved prompt. The
+    run locks its folder; a folder holding an earlier run is refused unless `resume` (continue it) or
+    `overwrite` (replace it).
     """
+    with owning(resume=resume, overwrite=overwrite):
+        return _run(config, resume, backbone, train, prompt, cache)
+
+
+def _run(config: ExperimentConfig, resume: bool, backbone: Backbone | None, train: bool, prompt: str | Path | None,
+         cache: FeatureCache | None) -> dict[str, Any]:
     started = time.perf_counter()
     task = TASKS.get(config.task)
     backbone = backbone or load_backbone(config.backbone.name, config.backbone.pretrained, config.backbone.device)

@@ -11,6 +11,7 @@ from vlprompt.backbones.base import Backbone, BackboneIdentity
 from vlprompt.backbones.pretrained import normalize_pretrained
 from vlprompt.backbones.registry import BACKBONE_SOURCES
 from vlprompt.backbones.world import WORLD_ARCH, WORLD_TAG
+from vlprompt.devices import check_device_available
 from vlprompt.errors import VLPromptError
 
 DEFAULT_SOURCE = "open_clip"
@@ -53,7 +54,7 @@ def resolve_device(device: str = "auto") -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else unchanged."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return check_device_available(device)
 
 
 def load_backbone(name: str = "vlprompt-tiny", pretrained: str | None = "world", device: str = "auto") -> Backbone:

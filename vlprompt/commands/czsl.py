@@ -18,6 +18,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the full results as JSON")
     parser.add_argument("--plot", default=None, metavar="PNG",
                         help="write the seen-vs-unseen accuracy curves (bias sweep) and HM of every result to PNG")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run already in the run's folder")
     parser.add_argument("overrides", nargs="*", help="key.sub=value, e.g. method.name=csp eval.worlds=[closed,open]")
 
 
@@ -32,7 +33,7 @@ def _run(args: argparse.Namespace, train: bool) -> None:
     if args.out:
         overrides.append(f"output_dir={args.out}")
     config = ExperimentConfig.load(args.config, overrides)
-    out = run_experiment(config, train=train, prompt=getattr(args, "prompt", None))
+    out = run_experiment(config, train=train, prompt=getattr(args, "prompt", None), overwrite=args.overwrite)
     if args.plot:
         from vlprompt.czsl.plots import plot_curves
 

@@ -135,8 +135,11 @@ def _list(args: argparse.Namespace) -> None:
 def _check(args: argparse.Namespace) -> None:
     import os
 
-    from vlprompt.data.registry import DATA_ENV, split_prefix
+    from vlprompt.data.registry import DATA_ENV, get_dataset_config, split_prefix
 
+    for name in args.name:  # an unknown name first: it is wrong whatever the root
+        if split_prefix(name) is None:
+            get_dataset_config(name)
     root = args.root or os.environ.get(DATA_ENV)
     if not root and any(split_prefix(name) is None for name in args.name):
         raise VLPromptError(f"no data root: pass --root DIR or set ${DATA_ENV}")

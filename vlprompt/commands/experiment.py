@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vlprompt.commands import COMMANDS
+from vlprompt.commands import COMMANDS, counted_int
 
 
 def _add_backbone_args(parser: argparse.ArgumentParser) -> None:
@@ -30,8 +30,9 @@ def _eval_command(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="test", help="the dataset split to evaluate (e.g. test, val)")
     parser.add_argument("--templates", default="dataset", help="dataset | single | imagenet80 | FILE")
     parser.add_argument("--prompt", default=None, help="a trained prompt checkpoint (default: zero-shot)")
-    parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
-    parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes; 0 loads in the main process")
+    parser.add_argument("--batch-size", type=counted_int(1), default=128, help="images per forward pass")
+    parser.add_argument("--workers", type=counted_int(0), default=0,
+                        help="data-loading worker processes; 0 loads in the main process")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     _add_backbone_args(parser)
 
@@ -62,6 +63,7 @@ def _train_command(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("train", help="train a prompt: vlprompt train --config FILE [key=value ...]")
     parser.add_argument("--config", default=None, help="experiment YAML (path or relative to configs/)")
     parser.add_argument("--resume", action="store_true", help="continue the run in output_dir")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run already in output_dir")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.lr=0.01")
 
     def run(args: argparse.Namespace) -> None:
@@ -70,7 +72,7 @@ def _train_command(sub: argparse._SubParsersAction) -> None:
         config = ExperimentConfig.load(args.config, args.overrides)  # a typo fails here, before anything heavy
         from vlprompt.runner import format_experiment, run_experiment
 
-        result = run_experiment(config, resume=args.resume)
+        result = run_experiment(config, resume=args.resume, overwrite=args.overwrite)
         print(format_experiment(result))
         print(f"results in {result['output_dir']}")
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vlprompt.commands import COMMANDS
+from vlprompt.commands import COMMANDS, counted_int
 from vlprompt.errors import VLPromptError
 
 
@@ -144,7 +144,8 @@ def _zoo_command(sub: argparse._SubParsersAction) -> None:
     p = actions.add_parser("download", help="fetch entries into the cache (sha256-verified)")
     p.add_argument("names", nargs="*", help="zoo entry names")
     p.add_argument("--all", action="store_true", help="every entry")
-    p.add_argument("--retries", type=int, default=3, help="retries per URL source after a failed or broken transfer (resumed)")
+    p.add_argument("--retries", type=counted_int(0), default=3,
+                   help="retries per URL source after a failed or broken transfer (resumed)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds without data before a retry")
     p.set_defaults(run=_download)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from vlprompt.devices import check_device_name
 from vlprompt.engine.optim import OPTIMIZERS, SCHEDULES
 from vlprompt.errors import VLPromptError
 from vlprompt.typed_config import from_dict
@@ -56,5 +57,6 @@ class TrainConfig:
             raise VLPromptError(f"{where}: lr must be > 0, warmup_lr and weight_decay >= 0")
         OPTIMIZERS.get(self.optimizer)
         SCHEDULES.get(self.schedule)
+        check_device_name(self.device, where)
         if self.precision not in PRECISIONS:
             raise VLPromptError(f"{where}: precision {self.precision!r} is not one of {list(PRECISIONS)}")

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vlprompt.backbones.base import Backbone
+from vlprompt.devices import check_device_available
 from vlprompt.engine import distributed as dist_utils
 from vlprompt.engine.cache import FeatureCache
 from vlprompt.engine.checkpoint import (
@@ -218,7 +219,7 @@ class Trainer:
         if self.config.device == "auto":
             device = dist_utils.default_device(env)
         else:
-            device = torch.device(self.config.device)
+            device = torch.device(check_device_available(self.config.device, "train.device"))
             if device.type == "cuda" and device.index is None:  # one GPU per rank under torchrun
                 device = torch.device("cuda", env.local_rank % max(torch.cuda.device_count(), 1))
         self.env = dist_utils.init_distributed(device)

@@ -47,10 +47,16 @@ class MethodConfig:
     """
 
     retired_keys: ClassVar[tuple[str, ...]] = ()
+    # integer fields that count something and must be >= 1 wherever a method has them
+    positive_fields: ClassVar[tuple[str, ...]] = ("n_ctx", "groups", "encode_batch_size")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, where: str = "method") -> MethodConfig:
         config = from_dict(cls, values, where)
+        for name in cls.positive_fields:
+            value = getattr(config, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+                raise VLPromptError(f"{where}: {name} must be >= 1, got {value}")
         config.check(where)
         return config
 

@@ -56,6 +56,12 @@ class CoOpConfig(MethodConfig):
 CSC_WORD_INIT = ("shared", "copies")
 log = logging.getLogger(__name__)
 
+    def check(self, where: str) -> None:
+        if self.class_position not in _LAYOUTS:
+            raise VLPromptError(f"{where}: class_position {self.class_position!r} is not one of {sorted(_LAYOUTS)}")
+        if self.init_std <= 0:
+            raise VLPromptError(f"{where}: init_std must be > 0, got {self.init_std}")
+
 
 def context_slots(n_ctx: int, position: str) -> dict[str, int]:
     """How the n context tokens are split around the class name."""

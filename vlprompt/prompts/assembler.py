@@ -43,6 +43,17 @@ def _split_template(template: str) -> list[tuple[str, str]]:
     return parts
 
 
+def untruncated_length(backbone: Backbone, text: str, words: int = 12) -> int:
+    """Tokens of `text` without the context-length cut (SOS/EOT excluded): the text is tokenized in
+    chunks of `words` words (BPE tokenizers split at whitespace first, so the counts add up)."""
+    start = backbone.start_length
+    parts = text.split(" ")
+    chunks = [" ".join(parts[i:i + words]) for i in range(0, len(parts), words)]
+    chunks = [chunk if i == 0 else " " + chunk for i, chunk in enumerate(chunks)]
+    tokens = backbone.tokenize(chunks)
+    return int(sum(int(eot) - start for eot in backbone.eot_index(tokens)))
+
+
 class PromptAssembler(nn.Module):
     """Tokenized prompts with learned slots; `assemble` fills them, `encode` runs the text tower.
 
@@ -162,11 +173,17 @@ class PromptAssembler(nn.Module):
                     slot_pos[piece.slot] += list(range(len(row), len(row) + k))  # type: ignore[index]
                     row += [placeholder] * k
             row.append(eot_id)
-            if len(row) > length:
+            if len(row) > length or (len(row) == length and any(
+                    len(frag_ids[(p.text, i > 0 and p.text[:1].isspace())]) >= length - len(head) - 1
+                    for i, p in enumerate(pieces) if p.text is not None)):
                 text = "".join(p.text if p.text is not None else "{" + str(p.slot) + "}" for p in pieces)
-                raise VLPromptError(
-                    f"prompt {text!r} is {len(row)} tokens with its learned slots; the text tower takes {length}"
-                )
+                # the fragments were cut to the context length when tokenized: count the whole text
+                full = len(head) + 1 + sum(self.learned_lengths[p.slot] if p.text is None else  # type: ignore[index]
+                                           untruncated_length(backbone, p.text) for p in pieces)
+                if full > length:
+                    raise VLPromptError(
+                        f"prompt {text!r:.200} is {full} tokens with its learned slots; the text tower takes {length}"
+                    )
             rows.append(row + [pad] * (length - len(row)))
             for name in self.learned_lengths:
                 positions[name].append(slot_pos[name])

@@ -4,13 +4,40 @@ same tensor whatever calls it (no autograd, no autocast)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from vlprompt.backbones.base import Backbone
+from vlprompt.errors import VLPromptError
 from vlprompt.prompts.templates import fill_templates
+
+
+def check_truncation(backbone: Backbone, classnames: Sequence[str], prompts: Sequence[str], per_class: int) -> None:
+    """Warn when prompts are cut to the text tower's context length, and refuse when the cut makes
+    two classes' prompts identical (they would get identical features: a silent wrong answer)."""
+    tokens = backbone.tokenize(list(prompts))
+    eot = backbone.eot_index(tokens)
+    cut = [i for i, e in enumerate(eot.tolist()) if e >= tokens.shape[1] - 1]
+    if not cut:
+        return
+    length = tokens.shape[1]
+    rows: dict[tuple, int] = {}
+    for c in range(len(classnames)):
+        key = tuple(tuple(row.tolist()) for row in tokens[c * per_class:(c + 1) * per_class])
+        other = rows.setdefault(key, c)
+        if other != c and classnames[other] != classnames[c]:
+            raise VLPromptError(
+                f"class names {classnames[other]!r:.80} and {classnames[c]!r:.80} give identical prompts once cut to the "
+                f"text tower's {length} tokens: they would get identical features. Shorten the class names"
+            )
+    names = sorted({classnames[i // per_class] for i in cut})
+    warnings.warn(
+        f"{len(names)} class name(s) make prompts longer than the text tower's {length} tokens and are cut "
+        f"(e.g. {names[0]!r:.80})", stacklevel=3,
+    )
 
 
 def handcrafted_features(
@@ -24,6 +51,7 @@ def handcrafted_features(
     outside autocast, so it is the exact frozen target whatever context it is called from.
     """
     prompts = [p for per_class in fill_templates(templates, classnames) for p in per_class]  # class-major
+    check_truncation(backbone, classnames, prompts, len(templates))
     device = backbone.device
     with torch.inference_mode(), torch.autocast(device.type, enabled=False):
         encoded = torch.cat(

@@ -106,6 +106,12 @@ def headline(metrics: dict[str, Any]) -> dict[str, float]:
 
 def check(config: Any) -> None:
     PROTOCOLS.get(config.protocol.name)
+    if config.eval.templates != EvalSection.templates:
+        where = "method.templates" if hasattr(config.method, "templates") else "`vlprompt eval --templates`"
+        raise VLPromptError(
+            f"eval.templates={config.eval.templates!r} is not used by an experiment run (the method's own config "
+            f"decides its text: use {where}); remove it"
+        )
     if config.protocol.shots < 1:
         raise VLPromptError(f"protocol.shots must be >= 1, got {config.protocol.shots}")
 

@@ -62,6 +62,17 @@ def tensors_hash(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+# what a prompt's predictions depend on besides its tensors: hashed as config_sha256, checked on load
+CONFIG_HASH_KEYS = ("method", "method_config", "class_agnostic", "task", "backbone", "label_space", "classnames",
+                    "templates")
+
+
+def config_hash(meta: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of the metadata entries that decide what the prompt predicts."""
+    picked = {key: meta.get(key) for key in CONFIG_HASH_KEYS}
+    return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()
+
+
 # -- paths --------------------------------------------------------------------------------------
 
 
@@ -123,7 +134,7 @@ def prompt_metadata(
         found_training, found_metrics = _summary_from_result(extra["result"])
         training = found_training if training is None else training
         metrics = found_metrics if metrics is None else metrics
-    return {
+    meta = {
         "format_version": FORMAT_VERSION,
         "vlprompt_version": vlprompt.__version__,
         "method": method.name,
@@ -141,6 +152,8 @@ def prompt_metadata(
         "tensors_sha256": tensors_hash(tensors),
         **extra,
     }
+    meta["config_sha256"] = config_hash(meta)
+    return meta
 
 
 def write_prompt_files(
@@ -189,7 +202,10 @@ def _header_meta(tensors_path: Path) -> dict[str, Any] | None:
     except Exception as error:  # noqa: BLE001  (safetensors raises several types on bad files)
         raise VLPromptError(f"cannot read prompt tensors {tensors_path}: {error}") from None
     text = header.get(HEADER_KEY)
-    return json.loads(text) if text else None
+    try:
+        return json.loads(text) if text else None
+    except ValueError as error:
+        raise VLPromptError(f"prompt tensors {tensors_path}: the metadata in the header is not valid JSON ({error})") from None
 
 
 def read_prompt_meta(path: str | os.PathLike) -> dict[str, Any]:
@@ -213,7 +229,13 @@ def read_prompt(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[
     meta = read_prompt_meta(path)
     if not tensors_path.is_file():
         raise VLPromptError(f"prompt tensors not found: {tensors_path}")
-    tensors = load_file(str(tensors_path))
+    check_meta(meta, path)
+    try:
+        tensors = load_file(str(tensors_path))
+    except Exception as error:  # noqa: BLE001  (safetensors raises its own error type on bad files)
+        raise VLPromptError(
+            f"cannot read prompt tensors {tensors_path}: the file is truncated or damaged ({error})"
+        ) from None
     expected = meta.get("tensors_sha256")
     if expected and tensors_hash(tensors) != expected:
         raise VLPromptError(
@@ -223,10 +245,63 @@ def read_prompt(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[
     return tensors, meta
 
 
+REQUIRED_META = ("method", "method_config", "backbone")
+
+
+def check_meta(meta: Any, path: str | os.PathLike) -> None:
+    """The metadata has what loading needs, and matches every hash it records (an edited prompt.json
+    would otherwise load and mislabel predictions, or predict with another config)."""
+    if not isinstance(meta, dict):
+        raise VLPromptError(f"prompt metadata of {path} must be a JSON object, got {type(meta).__name__}")
+    missing = [key for key in REQUIRED_META if key not in meta]
+    if "classnames" not in meta and "label_space" not in meta:
+        missing.append("classnames")
+    if missing:
+        raise VLPromptError(f"prompt metadata of {path} lacks {', '.join(missing)}: not a prompt written by vlprompt")
+    recorded = meta.get("classnames_sha256")
+    if recorded and "classnames" in meta and classnames_hash(meta["classnames"]) != recorded:
+        raise VLPromptError(
+            f"prompt {path}: its classnames do not match the recorded classnames_sha256 ({recorded[:16]}...): "
+            "the metadata was edited; restore it or save the prompt again"
+        )
+    recorded = meta.get("config_sha256")
+    if recorded and config_hash(meta) != recorded:
+        raise VLPromptError(
+            f"prompt {path}: its metadata ({', '.join(CONFIG_HASH_KEYS)}) does not match the recorded config_sha256 "
+            f"({recorded[:16]}...): it was edited; restore it or save the prompt again"
+        )
+
+
+def describe_file(path: Path) -> str:
+    """What a file that is not a prompt looks like, from its first bytes."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+        size = path.stat().st_size
+    except OSError as error:
+        return f"unreadable ({error.strerror or error})"
+    kinds = [
+        (head[:1] == b"\x80" and head[1:2] in bytes(range(2, 6)), "a Python pickle (a torch.save .pt/.pth file?)"),
+        (head[:4] == b"PK\x03\x04", "a zip archive (a torch.save checkpoint?)"),
+        (head[:8] == b"\x89PNG\r\n\x1a\n", "a PNG image"),
+        (head[:3] == b"\xff\xd8\xff", "a JPEG image"),
+        (head.lstrip()[:1] in (b"{", b"["), "a JSON file"),
+        (len(head) >= 9 and head[8:9] == b"{", "a safetensors file"),
+        (size == 0, "empty (0 bytes)"),
+    ]
+    return next((text for hit, text in kinds if hit), f"{size} bytes of unknown content")
+
+
 def resolve_prompt(path_or_name: str | os.PathLike, offline: bool | None = None, progress: bool = True) -> Path:
     """A checkpoint path on disk: the path itself when it exists, else the zoo entry of that name (fetched)."""
     if is_prompt_path(path_or_name):
         return Path(path_or_name)
+    if Path(path_or_name).is_file():  # a file, but no prompt: say what it is (never unpickled)
+        path = Path(path_or_name)
+        raise VLPromptError(
+            f"{path} is {describe_file(path)}, not a prompt checkpoint (a prompt is the .safetensors + .json "
+            "pair that vlprompt train writes, or a zoo name); it was not loaded"
+        )
     if str(path_or_name).startswith("hf://"):
         return _download_hub_prompt(str(path_or_name), offline)
     registry = load_registry()
