@@ -36,11 +36,12 @@ def evaluate(
     batch_size: int = 128,
     num_workers: int = 0,
 ) -> list[dict[str, Any]]:
-    """Zero-shot (or trained-prompt) results, one JSON-able dict per dataset."""
+    """Zero-shot (or trained-prompt) results, one JSON-able dict per dataset. The datasets are checked
+    before the backbone loads: a missing folder fails at once, not after a download."""
+    loaded = [get_dataset(name, root) for name in datasets]
     model = load_backbone(backbone, pretrained, device)
     results = []
-    for name in datasets:
-        dataset = get_dataset(name, root)
+    for dataset in loaded:
         if prompt is None:
             results.append(
                 evaluate_zero_shot(

@@ -52,8 +52,8 @@ def run_experiment(
     """
     started = time.perf_counter()
     task = TASKS.get(config.task)
+    plan = task.plan(config)  # the data first: a missing dataset fails before a backbone download
     backbone = backbone or load_backbone(config.backbone.name, config.backbone.pretrained, config.backbone.device)
-    plan = task.plan(config, backbone)
     method = _method_for(config, plan, backbone, prompt)
     train_config = dataclasses.replace(config.train, output_dir=str(plan.out_dir))
     cache = cache or FeatureCache(num_workers=train_config.num_workers, progress=train_config.progress)

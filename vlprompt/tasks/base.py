@@ -53,7 +53,7 @@ class Task:
     protocol_section: type
     eval_section: type
     default_method: str
-    plan: Callable[..., TaskPlan]  # (config, backbone) -> TaskPlan
+    plan: Callable[..., TaskPlan]  # config -> TaskPlan; reads the data, needs no backbone (a missing dataset fails first)
     check: Callable[[Any], None]  # config -> None; value checks run when the config is loaded
     headline: Callable[[dict[str, Any]], dict[str, float]]
 

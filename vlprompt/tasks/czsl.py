@@ -115,7 +115,7 @@ def headline(metrics: dict[str, Any]) -> dict[str, float]:
     return {"auc": metrics[key]["AUC"], "hm": metrics[key]["best_hm"]}
 
 
-def plan(config: Any, backbone: Backbone) -> TaskPlan:
+def plan(config: Any) -> TaskPlan:
     ev: CZSLEvalSection = config.eval
     check_eval(ev)
     closed = load_dataset(config.dataset)
@@ -128,7 +128,7 @@ def plan(config: Any, backbone: Backbone) -> TaskPlan:
         results: dict[str, Any] = {}
         for world in ev.worlds:
             ds = closed if world == "closed" else load_dataset(config.dataset, open_world=True)
-            feas = FEASIBILITY.get(ev.feasibility)(ds, ev, backbone) if world == "open" else None
+            feas = FEASIBILITY.get(ev.feasibility)(ds, ev, method.backbone) if world == "open" else None
             threshold = ev.threshold
             if feas is not None and threshold is None:
                 val = evaluate_phase(method, ds, "val", options, feas, cache=cache, search_threshold=True)
