@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from vlprompt.backbones import Backbone, load_backbone, resolve_device
 from vlprompt.data import ClassificationDataset, load_dataset
 from vlprompt.data.webdataset_reader import WdsDataset
@@ -50,6 +52,7 @@ def evaluate(
             )
         else:
             results.append(evaluate_prompt(prompt, model, dataset, split=split, batch_size=batch_size))
+        results[-1]["threads"] = torch.get_num_threads()
     return results
 
 

@@ -19,6 +19,7 @@ import sys
 from vlprompt import __version__
 from vlprompt.commands import load_commands
 from vlprompt.errors import VLPromptError
+from vlprompt.threads import set_requested
 
 # OSErrors that describe the user's files or disk, not a bug: one `error:` line, exit 2.
 _EXPECTED_OS_ERRORS = (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     try:
+        set_requested(getattr(args, "threads", None))
         args.run(args)
     except VLPromptError as exc:
         return _error(str(exc))

@@ -22,6 +22,7 @@ from vlprompt.engine.logging import write_json
 from vlprompt.engine.trainer import seed_everything
 from vlprompt.methods.base import MethodContext, PromptMethod, build_method
 from vlprompt.tasks.base import TASKS, TaskPlan
+from vlprompt.threads import apply_threads
 from vlprompt.zoo.checkpoint import load_prompt, save_prompt
 
 
@@ -54,6 +55,7 @@ def run_experiment(
     task = TASKS.get(config.task)
     plan = task.plan(config)  # the data first: a missing dataset fails before a backbone download
     backbone = backbone or load_backbone(config.backbone.name, config.backbone.pretrained, config.backbone.device)
+    threads = apply_threads(backbone)
     method = _method_for(config, plan, backbone, prompt)
     train_config = dataclasses.replace(config.train, output_dir=str(plan.out_dir))
     cache = cache or FeatureCache(num_workers=train_config.num_workers, progress=train_config.progress)
@@ -78,6 +80,7 @@ def run_experiment(
         "training": {k: v for k, v in training.items() if k not in ("config", "backbone")},
         "config": config.to_dict(),
         "seconds": round(time.perf_counter() - started, 3),
+        "threads": threads,
         "output_dir": str(plan.out_dir),
     }
     if method.trainable_state() and prompt is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from vlprompt.commands import COMMANDS
+from vlprompt.commands import COMMANDS, add_threads_arg
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -16,6 +16,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None,
                         help="the run's folder: experiment.json and the trained prompt (default runs/<method>/<dataset>/...)")
     parser.add_argument("--json", action="store_true", help="print the full results as JSON")
+    add_threads_arg(parser)
     parser.add_argument("overrides", nargs="*", help="key.sub=value, e.g. method.name=csp eval.worlds=[closed,open]")
 
 

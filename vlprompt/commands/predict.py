@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from vlprompt.commands import COMMANDS
+from vlprompt.commands import COMMANDS, add_threads_arg
 from vlprompt.commands.zoo import _classes_arg
 
 
@@ -19,6 +19,7 @@ def _predict_command(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    add_threads_arg(parser)
 
     def run(args: argparse.Namespace) -> None:
         from vlprompt.zoo.predict import format_predictions, predict
