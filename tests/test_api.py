@@ -50,6 +50,7 @@ def test_coop_few_shot_trains_saves_and_reloads(tiny_vit, colour_folder, tmp_pat
     assert result["metrics"]["all"]["n_images"] == 16 and result["num_train_items"] == 8
     saved = json.loads((tmp_path / "run" / "experiment.json").read_text())
     assert saved["metrics"] == result["metrics"]
+    assert saved["threads"] == 1  # a tiny model trains on one intra-op thread (vlprompt.threads)
     assert (tmp_path / "run" / "splits").is_dir()  # the sampled items, for an exact repeat
     dataset = api.get_dataset(colour_folder)
     reloaded = api.evaluate_prompt(result["prompt"], tiny_vit, dataset)

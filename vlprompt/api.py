@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from vlprompt.backbones import Backbone, load_backbone, resolve_device
 from vlprompt.data import ClassificationDataset, load_dataset
 from vlprompt.data.webdataset_reader import WdsDataset
@@ -36,11 +38,12 @@ def evaluate(
     batch_size: int = 128,
     num_workers: int = 0,
 ) -> list[dict[str, Any]]:
-    """Zero-shot (or trained-prompt) results, one JSON-able dict per dataset."""
+    """Zero-shot (or trained-prompt) results, one JSON-able dict per dataset. The datasets are checked
+    before the backbone loads: a missing folder fails at once, not after a download."""
+    loaded = [get_dataset(name, root) for name in datasets]
     model = load_backbone(backbone, pretrained, device)
     results = []
-    for name in datasets:
-        dataset = get_dataset(name, root)
+    for dataset in loaded:
         if prompt is None:
             results.append(
                 evaluate_zero_shot(
@@ -49,6 +52,7 @@ def evaluate(
             )
         else:
             results.append(evaluate_prompt(prompt, model, dataset, split=split, batch_size=batch_size))
+        results[-1]["threads"] = torch.get_num_threads()
     return results
 
 

@@ -21,6 +21,7 @@ from typing import NoReturn
 from vlprompt import __version__
 from vlprompt.commands import load_commands
 from vlprompt.errors import VLPromptError
+from vlprompt.threads import set_requested
 
 # OSErrors that describe the user's files or disk, not a bug: one `error:` line, exit 2.
 _EXPECTED_OS_ERRORS = (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
@@ -89,6 +90,7 @@ def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     warnings.formatwarning = _one_line_warning
     try:
+        set_requested(getattr(args, "threads", None))
         args.run(args)
     except VLPromptError as exc:
         return _error(str(exc))

@@ -23,6 +23,7 @@ from vlprompt.engine.run_folder import owning
 from vlprompt.engine.trainer import seed_everything
 from vlprompt.methods.base import MethodContext, PromptMethod, build_method
 from vlprompt.tasks.base import TASKS, TaskPlan
+from vlprompt.threads import apply_threads
 from vlprompt.zoo.checkpoint import load_prompt, save_prompt
 
 
@@ -62,15 +63,17 @@ def _run(config: ExperimentConfig, resume: bool, backbone: Backbone | None, trai
          cache: FeatureCache | None) -> dict[str, Any]:
     started = time.perf_counter()
     task = TASKS.get(config.task)
+    plan = task.plan(config)  # the data first: a missing dataset fails before a backbone download
     backbone = backbone or load_backbone(config.backbone.name, config.backbone.pretrained, config.backbone.device)
-    plan = task.plan(config, backbone)
+    threads = apply_threads(backbone)
     method = _method_for(config, plan, backbone, prompt)
     train_config = dataclasses.replace(config.train, output_dir=str(plan.out_dir), **plan.train_overrides)
     cache = cache or FeatureCache(num_workers=train_config.num_workers, progress=train_config.progress)
     training: dict[str, Any] = {}
     if train and prompt is None:
         training = fit_method(method, plan.train, plan.val, train_config, cache, resume=resume,
-                              train_transform=plan.train_transform, selector=plan.selector)
+                              train_transform=plan.train_transform(backbone) if plan.train_transform else None,
+                              selector=plan.selector)
     method.to(backbone.device)
     metrics = plan.evaluate(method, cache)
     method.set_label_space(plan.labels)  # the prompt records the labels it was trained on
@@ -89,6 +92,7 @@ def _run(config: ExperimentConfig, resume: bool, backbone: Backbone | None, trai
         "training": {k: v for k, v in training.items() if k not in ("config", "backbone")},
         "config": config.to_dict(),
         "seconds": round(time.perf_counter() - started, 3),
+        "threads": threads,
         "output_dir": str(plan.out_dir),
     }
     if method.trainable_state() and prompt is None:

@@ -13,6 +13,7 @@ from vlprompt.backbones.registry import BACKBONE_SOURCES
 from vlprompt.backbones.world import WORLD_ARCH, WORLD_TAG
 from vlprompt.devices import check_device_available
 from vlprompt.errors import VLPromptError
+from vlprompt.threads import apply_threads
 
 DEFAULT_SOURCE = "open_clip"
 
@@ -47,7 +48,9 @@ def backbone_from_identity(identity: BackboneIdentity | dict, device: str = "cpu
     ident = identity.to_dict() if isinstance(identity, BackboneIdentity) else dict(identity)
     if not ident.get("name"):
         raise VLPromptError(f"backbone identity {ident!r} has no 'name'; it needs at least source, name and pretrained")
-    return create_backbone(identity_spec(ident), ident.get("pretrained"), device=resolve_device(device))
+    backbone = create_backbone(identity_spec(ident), ident.get("pretrained"), device=resolve_device(device))
+    apply_threads(backbone)
+    return backbone
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -59,8 +62,10 @@ def resolve_device(device: str = "auto") -> str:
 
 def load_backbone(name: str = "vlprompt-tiny", pretrained: str | None = "world", device: str = "auto") -> Backbone:
     """A frozen backbone on `device` (``auto``: the GPU if there is one); ``pretrained`` None/'none' means
-    random weights."""
-    return create_backbone(name, pretrained, device=resolve_device(device))
+    random weights. Sets torch's intra-op threads for its size (`vlprompt.threads`)."""
+    backbone = create_backbone(name, pretrained, device=resolve_device(device))
+    apply_threads(backbone)
+    return backbone
 
 
 def create_world_backbone(device: str = "cpu") -> Backbone:

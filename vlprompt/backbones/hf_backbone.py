@@ -13,13 +13,16 @@ Soft prompts run through each text tower exactly as its own ``get_text_features`
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from vlprompt import network
 from vlprompt.backbones.base import Backbone, BackboneIdentity
 from vlprompt.backbones.capabilities import Capability
 from vlprompt.backbones.deep_prompts import DeepPrompts, VisualPrompts
@@ -42,12 +45,6 @@ def _hub_cache() -> str:
         return os.path.expanduser("~/.cache/huggingface/hub")
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on") or os.environ.get(
-        "TRANSFORMERS_OFFLINE", ""
-    ).strip().lower() in ("1", "true", "yes", "on")
-
-
 def missing_weights_message(name: str, reason: str) -> str:
     """One message: what to download, and where vlprompt looks for it."""
     if Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
@@ -56,11 +53,11 @@ def missing_weights_message(name: str, reason: str) -> str:
             f"({' or '.join(WEIGHT_FILES)}) and the tokenizer files, as written by `save_pretrained` or "
             "`hf download <id> --local-dir " + f"{name}`."
         )
-    mode = "not in the local cache and " + (
-        "HF_HUB_OFFLINE=1 forbids downloading it" if _offline() else "could not be downloaded"
-    )
+    offline = network.offline_reason()
+    mode = "not in the local cache and " + (f"{offline} forbids downloading it" if offline else "could not be downloaded")
+    detail = "" if reason == offline else f" ({reason.rstrip('.')})"
     return (
-        f"Hugging Face model {name!r} is {mode} ({reason.rstrip('.')}). "
+        f"Hugging Face model {name!r} is {mode}{detail}. "
         f"On a machine with network run "
         f"`hf download {name}` (or `huggingface-cli download {name}`); it will be looked for in the Hugging Face "
         f"cache {_hub_cache()} (set HF_HOME or HF_HUB_CACHE to move it). "
@@ -268,6 +265,19 @@ def create_hf_backbone(name: str, pretrained: str | None = None, device: str = "
     folder = _local_folder(location)
     if folder is None and (location.startswith((".", "/", "~")) or os.sep in location.strip("/").replace("/", "", 1)):
         raise VLPromptError(missing_weights_message(location, "folder not found"))
+    hub_mode = contextlib.nullcontext()
+    if folder is None:  # a hub id: not cached and no network is one error now, not minutes of retries
+        reason = network.unreachable_reason(network.hf_endpoint())
+        if reason is not None and _snapshot_folder(location) is None:
+            raise VLPromptError(missing_weights_message(location, reason))
+        if reason is not None:
+            hub_mode = network.hub_offline()
+    with hub_mode:
+        return _load_hf(name, location, pretrained, folder, device, transformers)
+
+
+def _load_hf(name: str, location: str, pretrained: str | None, folder: Path | None, device: str,
+             transformers: Any) -> HFClipBackbone:
     try:
         config = transformers.AutoConfig.from_pretrained(location)
     except (OSError, ValueError) as error:

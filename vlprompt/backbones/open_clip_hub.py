@@ -9,10 +9,12 @@ is an error, as is a repo that is not cached on an offline machine (saying what 
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import open_clip
 
+from vlprompt import network
 from vlprompt.backbones.base import Backbone
 from vlprompt.backbones.custom_text import wrap_custom_text
 from vlprompt.backbones.open_clip_backbone import OpenClipBackbone, _identity
@@ -38,8 +40,11 @@ def _local_weights(location: str) -> Path | None:
 def _hub_weights(location: str) -> Path | None:
     from open_clip.pretrained import download_pretrained_from_hf
 
+    # no network: the cached copy only, at once (huggingface_hub would retry each file for minutes)
+    offline = network.unreachable_reason(network.hf_endpoint()) is not None
     try:
-        return Path(download_pretrained_from_hf(location))  # the cached copy when offline
+        with network.hub_offline() if offline else contextlib.nullcontext():
+            return Path(download_pretrained_from_hf(location))
     except Exception:  # noqa: BLE001 - not in the repo, not cached, no network: reported by the caller
         return None
 
@@ -69,8 +74,10 @@ def create_located_backbone(schema: str, location: str, pretrained: str | None, 
     weights = WEIGHTS_FINDERS[schema](location)
     if weights is None:
         raise VLPromptError(_missing(schema, location, "weights file not found"))
+    offline = schema == "hf-hub" and network.unreachable_reason(network.hf_endpoint()) is not None
     try:
-        model = open_clip.create_model(name, device=device)
+        with network.hub_offline() if offline else contextlib.nullcontext():
+            model = open_clip.create_model(name, device=device)
     except Exception as error:  # noqa: BLE001 - hub, JSON and file errors, one line each
         raise VLPromptError(_missing(schema, location, _first_line(error))) from None
     weights_hash = short_hash(file_sha256(weights))

@@ -9,13 +9,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import open_clip
 from torch import nn
 
+from vlprompt import network
 from vlprompt.backbones.registry import PRETRAINED_RESOLVERS
 from vlprompt.backbones.weights import file_sha256, load_into, read_state_dict, short_hash
 from vlprompt.errors import VLPromptError
@@ -69,7 +71,75 @@ def build_open_clip(
     if pretrained not in tags:
         valid = tags + [tag for (arch, tag) in PRETRAINED_RESOLVERS.keys() if arch == name]
         raise VLPromptError(unknown_name_message(f"pretrained tag for {name}", pretrained, valid or ["(none: pass a file)"]))
-    return create(pretrained), pretrained, None
+    return create_with_tag_weights(name, pretrained, create), pretrained, None
+
+
+def tag_weights_source(name: str, tag: str) -> tuple[str, str | None, str]:
+    """(what to download, the cached copy or None, where it comes from) for open_clip's `name`/`tag`."""
+    from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives
+
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    if cfg.get("file"):
+        return cfg["file"], cfg["file"] if Path(cfg["file"]).is_file() else None, cfg["file"]
+    if cfg.get("hf_hub"):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(cfg["hf_hub"])  # 'org/model/' names the default weights file
+        filename = filename or HF_WEIGHTS_NAME
+        for candidate in (*_get_safe_alternatives(filename), filename):
+            found = try_to_load_from_cache(repo, candidate)
+            if isinstance(found, str):
+                return f"{repo} {candidate}", found, f"{network.hf_endpoint()}/{repo}"
+        return f"{repo} {filename}", None, f"{network.hf_endpoint()}/{repo}"
+    url = cfg.get("url", "")
+    target = Path("~/.cache/clip").expanduser() / os.path.basename(url)
+    return url, str(target) if target.is_file() else None, url
+
+
+def _not_downloadable(name: str, tag: str, what: str, source: str, reason: str) -> str:
+    if source.startswith(network.hf_endpoint()):
+        from huggingface_hub import constants
+
+        how = (f"on a machine with network run `hf download {what}` (or `huggingface-cli download {what}`), then copy "
+               f"the Hugging Face cache {constants.HF_HUB_CACHE} to this machine (HF_HOME or HF_HUB_CACHE point at it)")
+    else:
+        how = f"download {what} on a machine with network into {Path('~/.cache/clip').expanduser()} on this one"
+    return (f"weights {name}/{tag} are not in the local cache and cannot be downloaded ({reason}): {how}; "
+            f"or pass the weights file: --pretrained /path/to/{what.split()[-1].rsplit('/', 1)[-1]}")
+
+
+def create_with_tag_weights(name: str, tag: str, create: Callable[[str | None], nn.Module]) -> nn.Module:
+    """`create(tag)`, asking first whether the weights are cached or can be downloaded: offline with the
+    weights absent is one error saying what to download and where, at once (no retries); cached weights
+    load with the hub in offline mode (no network calls)."""
+    what, cached, source = tag_weights_source(name, tag)
+    if cached is None:
+        reason = network.unreachable_reason(source)
+        if reason is not None:
+            raise VLPromptError(_not_downloadable(name, tag, what, source, reason))
+    try:
+        with network.hub_offline() if cached is not None else contextlib.nullcontext(), _quiet_root_logger():
+            return create(tag)
+    except (RuntimeError, OSError) as error:
+        text = str(error).strip()
+        if "download" not in text.lower():
+            raise
+        detail = text.splitlines()[0][:200] if text else type(error).__name__
+        raise VLPromptError(_not_downloadable(name, tag, what, source, detail)) from None
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """open_clip logs a failed download on the root logger before raising; the raised error says it once."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 __all__ = ["build_open_clip", "ignored_by_own_weights", "is_checkpoint_path", "normalize_pretrained"]

@@ -39,6 +39,17 @@ def counted_int(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def add_threads_arg(parser: argparse.ArgumentParser) -> None:
+    """``--threads N|auto``: torch's intra-op threads (`vlprompt.threads`); `vlprompt.cli` applies it."""
+    from vlprompt.threads import THREADS_ENV, threads_arg
+
+    parser.add_argument(
+        "--threads", type=threads_arg, default=None, metavar="N",
+        help=f"intra-op CPU threads, or 'auto' (default: ${THREADS_ENV}, else auto: 1 for small models like the "
+             "world CLIP, torch's default for larger ones)",
+    )
+
+
 def load_commands() -> Registry[AddParser]:
     """Import every module of this package, so each registers its subcommand; returns `COMMANDS`."""
     for info in pkgutil.iter_modules(__path__):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from vlprompt.commands import COMMANDS
+from vlprompt.commands import COMMANDS, add_threads_arg
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +19,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", default=None, metavar="PNG",
                         help="write the seen-vs-unseen accuracy curves (bias sweep) and HM of every result to PNG")
     parser.add_argument("--overwrite", action="store_true", help="replace the run already in the run's folder")
+    add_threads_arg(parser)
     parser.add_argument("overrides", nargs="*", help="key.sub=value, e.g. method.name=csp eval.worlds=[closed,open]")
 
 

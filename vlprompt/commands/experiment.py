@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vlprompt.commands import COMMANDS, counted_int
+from vlprompt.commands import COMMANDS, add_threads_arg, counted_int
 
 
 def _add_backbone_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default="vlprompt-tiny", help="[source:]architecture, e.g. ViT-B-16")
     parser.add_argument("--pretrained", default="world", help="tag (openai, world...), checkpoint file, or 'none'")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+    add_threads_arg(parser)
 
 
 def _write_json(payload: object, path: str | None) -> None:
@@ -64,6 +65,7 @@ def _train_command(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", default=None, help="experiment YAML (path or relative to configs/)")
     parser.add_argument("--resume", action="store_true", help="continue the run in output_dir")
     parser.add_argument("--overwrite", action="store_true", help="replace the run already in output_dir")
+    add_threads_arg(parser)
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.lr=0.01")
 
     def run(args: argparse.Namespace) -> None:
@@ -85,6 +87,7 @@ def _demo_command(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", default=None, help="where to write the embedded datasets (default: user cache)")
     parser.add_argument("--out", default="runs/demo", help="results directory")
     parser.add_argument("--quick", action="store_true", help="fewer epochs (for tests)")
+    add_threads_arg(parser)
 
     def run(args: argparse.Namespace) -> None:
         from vlprompt.demo import run_demo

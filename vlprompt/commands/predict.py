@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from vlprompt.commands import COMMANDS, counted_int
+from vlprompt.commands import COMMANDS, add_threads_arg, counted_int
 from vlprompt.commands.zoo import _classes_arg
 
 
@@ -21,6 +21,7 @@ def _predict_command(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=counted_int(1), default=32, help="images per forward pass")
     parser.add_argument("--user-examples", default=None, metavar="FOLDER",
                         help="a user's example images: personalise a prompt adapter (persoma) first, no training")
+    add_threads_arg(parser)
 
     def run(args: argparse.Namespace) -> None:
         from vlprompt.zoo.predict import format_predictions, predict

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from vlprompt.commands import COMMANDS
+from vlprompt.commands import COMMANDS, add_threads_arg
 from vlprompt.errors import VLPromptError
 
 
@@ -56,6 +56,7 @@ def _sweep_command(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("sweep", help="a grid of experiments, resumable; writes summary.md/.json and plots")
     parser.add_argument("--config", required=True, help="sweep YAML (path or relative to configs/)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. grid.seeds=[1]")
+    add_threads_arg(parser)
 
     def run(args: argparse.Namespace) -> None:
         from vlprompt.config import apply_overrides, load_yaml

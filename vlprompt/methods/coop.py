@@ -51,16 +51,14 @@ class CoOpConfig(MethodConfig):
         check_init(self.init, self.ctx_init, where)
         if self.csc_word_init not in CSC_WORD_INIT:
             raise VLPromptError(f"{where}: csc_word_init {self.csc_word_init!r} is not one of {list(CSC_WORD_INIT)}")
-
-
-CSC_WORD_INIT = ("shared", "copies")
-log = logging.getLogger(__name__)
-
-    def check(self, where: str) -> None:
         if self.class_position not in _LAYOUTS:
             raise VLPromptError(f"{where}: class_position {self.class_position!r} is not one of {sorted(_LAYOUTS)}")
         if self.init_std <= 0:
             raise VLPromptError(f"{where}: init_std must be > 0, got {self.init_std}")
+
+
+CSC_WORD_INIT = ("shared", "copies")
+log = logging.getLogger(__name__)
 
 
 def context_slots(n_ctx: int, position: str) -> dict[str, int]:

@@ -44,7 +44,9 @@ class TaskPlan:
     evaluate: Callable[..., dict[str, Any]]  # (method, cache) -> metrics
     summary: dict[str, Any] = field(default_factory=dict)  # extra result fields
     split_file: Path | None = None  # the few-shot split file the run trains on, if any
-    train_transform: Callable | None = None  # the task's training-image transform (None: the backbone's)
+    # the task's training-image transform for a backbone (backbone -> transform; None: the backbone's own);
+    # a factory because a task plans before the backbone is loaded
+    train_transform: Callable | None = None
     train_overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields the task sets
     selector: Any = None  # an EpochSelector (keep the best validation epoch) or None (the last epoch)
 
@@ -58,7 +60,7 @@ class Task:
     protocol_section: type
     eval_section: type
     default_method: str
-    plan: Callable[..., TaskPlan]  # (config, backbone) -> TaskPlan
+    plan: Callable[..., TaskPlan]  # config -> TaskPlan; reads the data, needs no backbone (a missing dataset fails first)
     check: Callable[[Any], None]  # config -> None; value checks run when the config is loaded
     headline: Callable[[dict[str, Any]], dict[str, float]]
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlprompt.backbones.base import Backbone
 from vlprompt.data.classification import ClassificationDataset, Item
 from vlprompt.data.fewshot import few_shot_split, split_file_path
 from vlprompt.data.protocols import base_new_classes, base_new_split, harmonic_mean
@@ -116,7 +115,7 @@ def check(config: Any) -> None:
         raise VLPromptError(f"protocol.shots must be >= 1, got {config.protocol.shots}")
 
 
-def plan(config: Any, backbone: Backbone) -> TaskPlan:
+def plan(config: Any) -> TaskPlan:
     protocol: ProtocolSection = config.protocol
     rule = PROTOCOLS.get(protocol.name)
     dataset = get_dataset(config.dataset.name, config.dataset.root)
@@ -129,7 +128,7 @@ def plan(config: Any, backbone: Backbone) -> TaskPlan:
         metrics: dict[str, Any] = {}
         for name, (_, items) in splits.evaluations.items():
             method.set_label_space(evaluations[name])
-            metrics[name] = evaluate_method(method, backbone, items, cache=cache, batch_size=config.eval.batch_size)
+            metrics[name] = evaluate_method(method, method.backbone, items, cache=cache, batch_size=config.eval.batch_size)
         if "base" in metrics and "new" in metrics:
             metrics["hm"] = harmonic_mean(metrics["base"]["top1"], metrics["new"]["top1"])
         return metrics

@@ -148,7 +148,7 @@ def headline(metrics: dict[str, Any]) -> dict[str, float]:
     return {"auc": metrics[key]["AUC"], "hm": metrics[key]["best_hm"]}
 
 
-def plan(config: Any, backbone: Backbone) -> TaskPlan:
+def plan(config: Any) -> TaskPlan:
     ev: CZSLEvalSection = config.eval
     check_eval(ev)
     closed = load_dataset(config.dataset)
@@ -162,7 +162,7 @@ def plan(config: Any, backbone: Backbone) -> TaskPlan:
         results: dict[str, Any] = {}
         for world in ev.worlds:
             ds = closed if world == "closed" else load_dataset(config.dataset, open_world=True)
-            feas = FEASIBILITY.get(ev.feasibility)(ds, ev, backbone) if world == "open" else None
+            feas = FEASIBILITY.get(ev.feasibility)(ds, ev, method.backbone) if world == "open" else None
             threshold = ev.threshold
             if feas is not None and threshold is None:
                 val = evaluate_phase(method, ds, "val", options, feas, cache=cache, search_threshold=True)
@@ -188,7 +188,7 @@ def plan(config: Any, backbone: Backbone) -> TaskPlan:
         dataset_name=closed.name, out_dir=out_dir, labels=labels, train=closed.items["train"], val=[],
         evaluations={}, evaluate=evaluate,
         summary={"seed": config.train.seed, "dataset_summary": closed.summary(), "czsl_rules": rules},
-        train_transform=czsl_train_transform(backbone) if protocol.augment else backbone.eval_transform,
+        train_transform=czsl_train_transform if protocol.augment else (lambda backbone: backbone.eval_transform),
         train_overrides=overrides, selector=selector,
     )
 
