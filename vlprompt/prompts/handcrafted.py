@@ -10,36 +10,59 @@ import torch
 import torch.nn.functional as F
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.prompts.templates import fill_templates
+from vlprompt.errors import VLPromptError
+from vlprompt.prompts.templates import ClassDescriptions, fill_templates
 
 
-def handcrafted_features(
-    backbone: Backbone, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 1024
-) -> torch.Tensor:
-    """``[T, C, D]`` fp32 on the backbone's device, each prompt's text feature L2-normalised.
-
-    Class names go in with underscores as spaces (`fill_templates`). Computed without autograd and
-    outside autocast, so it is the exact frozen target whatever context it is called from.
-    """
-    prompts = [p for per_class in fill_templates(templates, classnames) for p in per_class]  # class-major
+def _encode_prompts(backbone: Backbone, prompts: list[str], batch_size: int) -> torch.Tensor:
+    """``[N, D]`` L2-normalised fp32 text features, without autograd and outside autocast."""
     device = backbone.device
     with torch.inference_mode(), torch.autocast(device.type, enabled=False):
-        encoded = torch.cat(
+        return torch.cat(
             [
                 F.normalize(backbone.encode_text(prompts[i : i + batch_size]).float(), dim=-1)
                 for i in range(0, len(prompts), batch_size)
             ]
         )
-    return encoded.view(len(classnames), len(templates), -1).transpose(0, 1).contiguous().clone()
+
+
+def handcrafted_features(
+    backbone: Backbone, classnames: Sequence[str], templates: Sequence[str] | ClassDescriptions, batch_size: int = 1024
+) -> torch.Tensor:
+    """``[T, C, D]`` fp32 on the backbone's device, each prompt's text feature L2-normalised.
+
+    Class names go in with underscores as spaces (`fill_templates`). Computed without autograd and
+    outside autocast, so it is the exact frozen target whatever context it is called from. Per-class
+    descriptions need the same number of sentences for every class here (template t of every class).
+    """
+    per_class = fill_templates(templates, classnames)
+    counts = {len(p) for p in per_class}
+    if len(counts) > 1:
+        raise VLPromptError(
+            "per-class descriptions with different numbers of sentences per class cannot serve as templates "
+            f"shared by all classes here ({min(counts)}..{max(counts)} sentences); use '{{}}' templates"
+        )
+    prompts = [p for sentences in per_class for p in sentences]  # class-major
+    encoded = _encode_prompts(backbone, prompts, batch_size)
+    return encoded.view(len(classnames), counts.pop(), -1).transpose(0, 1).contiguous().clone()
 
 
 def text_classifier(
-    backbone: Backbone, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 1024
+    backbone: Backbone, classnames: Sequence[str], templates: Sequence[str] | ClassDescriptions, batch_size: int = 1024
 ) -> torch.Tensor:
     """Zero-shot class weights ``[C, D]`` (fp32, on the backbone's device): CLIP's ensembling recipe.
 
     Each class's prompts are encoded and L2-normalised, averaged over templates in feature space,
     then re-normalised. The result is an ordinary tensor, usable as a frozen target in a loss.
+    Per-class descriptions (CuPL): each class averages its own sentences, however many.
     """
-    per_template = handcrafted_features(backbone, classnames, templates, batch_size)
-    return F.normalize(per_template.mean(dim=0), dim=-1)
+    per_class = fill_templates(templates, classnames)
+    if len({len(p) for p in per_class}) == 1:
+        per_template = handcrafted_features(backbone, classnames, templates, batch_size)
+        return F.normalize(per_template.mean(dim=0), dim=-1)
+    encoded = _encode_prompts(backbone, [p for sentences in per_class for p in sentences], batch_size)
+    means, start = [], 0
+    for sentences in per_class:
+        means.append(encoded[start : start + len(sentences)].mean(dim=0))
+        start += len(sentences)
+    return F.normalize(torch.stack(means), dim=-1).clone()
