@@ -23,9 +23,11 @@ def _export_backbone_command(sub: argparse._SubParsersAction) -> None:
         files = export_open_clip(backbone, args.out)
         name = backbone.identity.name
         print(f"wrote {files['weights']}, {files['config']}, {files['model_config']}")
-        print(f'open_clip: open_clip.create_model_and_transforms("local-dir:{args.out}"), or after '
-              f'open_clip.add_model_config("{files["model_config"]}"): '
-              f'open_clip.create_model_and_transforms("{name}", pretrained="{files["weights"]}")')
+        print(
+            f'open_clip: open_clip.create_model_and_transforms("local-dir:{args.out}"), or after '
+            f'open_clip.add_model_config("{files["model_config"]}"): '
+            f'open_clip.create_model_and_transforms("{name}", pretrained="{files["weights"]}")'
+        )
 
     parser.set_defaults(run=run)
 

@@ -44,7 +44,8 @@ def export_open_clip(backbone: Backbone, out: str | Path) -> dict[str, Path]:
     state = {k: v.detach().float().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     files = {"weights": out / WEIGHTS_FILE, "config": out / CONFIG_FILE, "model_config": out / f"{name}.json"}
     with atomic_path(files["weights"]) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "architecture": name, "pretrained": str(backbone.identity.pretrained)})
+        metadata = {"format": "pt", "architecture": name, "pretrained": str(backbone.identity.pretrained)}
+        save_file(state, str(tmp), metadata=metadata)
     hub_config = {"model_cfg": model_cfg, "preprocess_cfg": open_clip.get_model_preprocess_cfg(model)}
     with atomic_path(files["config"]) as tmp:
         tmp.write_text(json.dumps(hub_config, indent=2) + "\n")

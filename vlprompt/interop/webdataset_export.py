@@ -116,7 +116,7 @@ def export_wds(
 
 def decoded_split(dataset: WdsDataset, split: str) -> Iterator[tuple[Image.Image, int]]:
     """(RGB image, label) of every sample of a split, in shard order (for checks and tests)."""
-    for ext, data, label in _wds_samples(dataset, split):
+    for _, data, label in _wds_samples(dataset, split):
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             yield image.convert("RGB"), label

@@ -20,6 +20,7 @@ from vlprompt.registry import Registry, unknown_name_message
 
 SLOT = "{}"
 CB_SLOT = "{c}"  # CLIP_benchmark's placeholder, accepted everywhere a template is
+CB_DEFAULT_DATASET = "imagenet1k"  # CLIP_benchmark's template entry for datasets without their own
 
 
 class ClassDescriptions(dict):
@@ -171,7 +172,8 @@ def parse_template_json(data: object, where: str, dataset: TemplateSource | None
 
     - a list of templates (``{}`` or ``{c}``);
     - CLIP_benchmark's ``{dataset name: [templates]}`` (``en_zeroshot_classification_templates.json``)
-      or ``{dataset name: {class: [sentences]}}`` (``cupl_prompts.json``): the dataset's entry is taken;
+      or ``{dataset name: {class: [sentences]}}`` (``cupl_prompts.json``): the dataset's entry is taken,
+      looked up as CLIP_benchmark does (name, name without ``wds/``, then ``imagenet1k``);
     - CuPL's ``{class: [sentences]}`` (sentences without a slot): `ClassDescriptions`.
     """
     if isinstance(data, list):
@@ -180,14 +182,18 @@ def parse_template_json(data: object, where: str, dataset: TemplateSource | None
             raise VLPromptError(f"{where}: the template list is empty")
         return templates
     if not isinstance(data, dict) or not data:
-        raise VLPromptError(f"{where}: expected a list of templates or an object ({{dataset: templates}} or {{class: [sentences]}})")
+        raise VLPromptError(
+            f"{where}: expected a list of templates or an object ({{dataset: templates}} or {{class: [sentences]}})"
+        )
     values = list(data.values())
     keyed_by_dataset = all(isinstance(v, dict) for v in values) or all(
         isinstance(v, list) and v and all(_has_slot(t) for t in v) for v in values
     )
     if keyed_by_dataset:
         name = getattr(dataset, "name", None)
-        keys = [k for k in (name, str(name).removeprefix("wds/"), "default") if k in data] if name else []
+        # CLIP_benchmark's lookup: the dataset's name, without its "wds/" prefix, then imagenet1k's entry
+        wanted = (name, str(name).removeprefix("wds/"), CB_DEFAULT_DATASET) if name else (CB_DEFAULT_DATASET,)
+        keys = [k for k in wanted if k in data]
         if not keys and len(data) == 1:
             keys = list(data)
         if not keys:
