@@ -186,8 +186,9 @@ def parse_template_json(data: object, where: str, dataset: TemplateSource | None
             f"{where}: expected a list of templates or an object ({{dataset: templates}} or {{class: [sentences]}})"
         )
     values = list(data.values())
-    keyed_by_dataset = all(isinstance(v, dict) for v in values) or all(
-        isinstance(v, list) and v and all(_has_slot(t) for t in v) for v in values
+    # CuPL maps classes to sentences without a slot; CLIP_benchmark maps datasets to slotted templates or to CuPL dicts
+    keyed_by_dataset = any(isinstance(v, dict) for v in values) or all(
+        isinstance(v, list) and any(_has_slot(t) for t in v) for v in values
     )
     if keyed_by_dataset:
         name = getattr(dataset, "name", None)
