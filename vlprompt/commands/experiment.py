@@ -35,6 +35,15 @@ def _eval_command(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=counted_int(0), default=0,
                         help="data-loading worker processes; 0 loads in the main process")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    parser.add_argument(
+        "--format", default="vlprompt", choices=("vlprompt", "clip_benchmark"),
+        help="clip_benchmark: one CLIP_benchmark result file per dataset (see --output)",
+    )
+    parser.add_argument(
+        "--output", default="{dataset}_{pretrained}_{model}_{language}_{task}.json",
+        help="--format clip_benchmark: file pattern ({dataset} {model} {pretrained} {language} {task} {method})",
+    )
+    parser.add_argument("--language", default="en", help="--format clip_benchmark: the language recorded")
     _add_backbone_args(parser)
 
     def run(args: argparse.Namespace) -> None:
@@ -55,6 +64,11 @@ def _eval_command(sub: argparse._SubParsersAction) -> None:
         )
         print(format_results_table(results))
         _write_json(results, args.json)
+        if args.format == "clip_benchmark":
+            from vlprompt.interop.clip_benchmark import write_clip_benchmark
+
+            for path in write_clip_benchmark(results, args.output, args.language):
+                print(f"wrote {path}")
 
     parser.set_defaults(run=run)
 

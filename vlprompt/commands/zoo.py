@@ -109,8 +109,14 @@ def _push(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from vlprompt.zoo.checkpoint import export_classifier
 
-    classifier = export_classifier(args.prompt, args.out, classnames=_classes_arg(args.classes), device=args.device)
-    print(f"wrote {args.out}: classifier {list(classifier.shape)} [embed_dim, classes] (+ {Path(args.out).with_suffix('.json')})")
+    classifier = export_classifier(
+        args.prompt, args.out, classnames=_classes_arg(args.classes), device=args.device, check_classnames=args.check_classnames
+    )
+    out = Path(args.out)
+    print(
+        f"wrote {out}: classifier {list(classifier.shape)} [embed_dim, classes] "
+        f"(+ {out.with_suffix('.json')}, class order in {out.with_suffix('.classnames.txt')})"
+    )
 
 
 def _add(args: argparse.Namespace) -> None:
@@ -166,6 +172,10 @@ def _zoo_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output .pt file")
     p.add_argument("--classes", default=None, help="'a,b,c' or a file with one class name per line")
     p.add_argument("--device", default="cpu", help="device that encodes the class texts: cpu, cuda, cuda:1 or auto")
+    p.add_argument(
+        "--check-classnames", default=None, metavar="FILE",
+        help="a classnames.txt (e.g. a CLIP_benchmark dataset's) the class order must match",
+    )
     p.set_defaults(run=_export)
 
     p = actions.add_parser("add", help="bundle a trained prompt in the package and list it in the registry (maintainers)")

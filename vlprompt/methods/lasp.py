@@ -129,7 +129,7 @@ def resolve_templates(config: Any) -> list[str]:
     config by its strings, so a saved config rebuilds the method without the file."""
     templates = get_templates(config.templates)
     if not (isinstance(config.templates, str) and config.templates in TEMPLATE_BANKS):
-        config.templates = list(templates)
+        config.templates = dict(templates) if isinstance(templates, dict) else list(templates)
     return templates
 
 
@@ -167,6 +167,11 @@ class LASP(PromptMethod):
         self.ctx = nn.Parameter(ctx.unsqueeze(0).repeat(config.groups, 1, 1))  # [G, n, W]
 
         self.templates = resolve_templates(config)
+        if isinstance(self.templates, dict):
+            raise VLPromptError(
+                "lasp: templates must be shared by all classes ('{}' or '{c}' templates: its text loss pairs "
+                "template t across classes); per-class descriptions serve zero-shot and kgcoop"
+            )
         self.group_templates = split_templates(len(self.templates), config.groups, config.group_templates)
 
         # Names the text-to-text loss sees: the training classes, then new virtual ones (order kept).

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.errors import VLPromptError
-from vlprompt.prompts.templates import fill_templates
+from vlprompt.prompts.templates import ClassDescriptions, fill_templates
 
 
 def check_truncation(backbone: Backbone, classnames: Sequence[str], prompts: Sequence[str], per_class: int) -> None:
@@ -40,27 +40,41 @@ def check_truncation(backbone: Backbone, classnames: Sequence[str], prompts: Seq
     )
 
 
+def _encode_prompts(backbone: Backbone, prompts: list[str], batch_size: int, normalize: bool = True) -> torch.Tensor:
+    """``[N, D]`` fp32 text features (L2-normalised unless `normalize` is False), without autograd and
+    outside autocast."""
+    device = backbone.device
+    with torch.inference_mode(), torch.autocast(device.type, enabled=False):
+        return torch.cat(
+            [
+                _maybe_normalize(backbone.encode_text(prompts[i : i + batch_size]).float(), normalize)
+                for i in range(0, len(prompts), batch_size)
+            ]
+        )
+
+
 def handcrafted_features(
-    backbone: Backbone, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 1024,
+    backbone: Backbone, classnames: Sequence[str], templates: Sequence[str] | ClassDescriptions, batch_size: int = 1024,
     normalize: bool = True,
 ) -> torch.Tensor:
     """``[T, C, D]`` fp32 on the backbone's device, each prompt's text feature L2-normalised (raw with
     ``normalize=False``, as PromptSRC averages them).
 
     Class names go in with underscores as spaces (`fill_templates`). Computed without autograd and
-    outside autocast, so it is the exact frozen target whatever context it is called from.
+    outside autocast, so it is the exact frozen target whatever context it is called from. Per-class
+    descriptions need the same number of sentences for every class here (template t of every class).
     """
-    prompts = [p for per_class in fill_templates(templates, classnames) for p in per_class]  # class-major
-    check_truncation(backbone, classnames, prompts, len(templates))
-    device = backbone.device
-    with torch.inference_mode(), torch.autocast(device.type, enabled=False):
-        encoded = torch.cat(
-            [
-                _maybe_normalize(backbone.encode_text(prompts[i : i + batch_size]).float(), normalize)
-                for i in range(0, len(prompts), batch_size)
-            ]
+    per_class = fill_templates(templates, classnames)
+    counts = {len(p) for p in per_class}
+    if len(counts) > 1:
+        raise VLPromptError(
+            "per-class descriptions with different numbers of sentences per class cannot serve as templates "
+            f"shared by all classes here ({min(counts)}..{max(counts)} sentences); use '{{}}' templates"
         )
-    return encoded.view(len(classnames), len(templates), -1).transpose(0, 1).contiguous().clone()
+    prompts = [p for sentences in per_class for p in sentences]  # class-major
+    check_truncation(backbone, classnames, prompts, counts.copy().pop())
+    encoded = _encode_prompts(backbone, prompts, batch_size, normalize)
+    return encoded.view(len(classnames), counts.pop(), -1).transpose(0, 1).contiguous().clone()
 
 
 def _maybe_normalize(x: torch.Tensor, normalize: bool) -> torch.Tensor:
@@ -77,12 +91,21 @@ def raw_mean_classifier(
 
 
 def text_classifier(
-    backbone: Backbone, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 1024
+    backbone: Backbone, classnames: Sequence[str], templates: Sequence[str] | ClassDescriptions, batch_size: int = 1024
 ) -> torch.Tensor:
     """Zero-shot class weights ``[C, D]`` (fp32, on the backbone's device): CLIP's ensembling recipe.
 
     Each class's prompts are encoded and L2-normalised, averaged over templates in feature space,
     then re-normalised. The result is an ordinary tensor, usable as a frozen target in a loss.
+    Per-class descriptions (CuPL): each class averages its own sentences, however many.
     """
-    per_template = handcrafted_features(backbone, classnames, templates, batch_size)
-    return F.normalize(per_template.mean(dim=0), dim=-1)
+    per_class = fill_templates(templates, classnames)
+    if len({len(p) for p in per_class}) == 1:
+        per_template = handcrafted_features(backbone, classnames, templates, batch_size)
+        return F.normalize(per_template.mean(dim=0), dim=-1)
+    encoded = _encode_prompts(backbone, [p for sentences in per_class for p in sentences], batch_size)
+    means, start = [], 0
+    for sentences in per_class:
+        means.append(encoded[start : start + len(sentences)].mean(dim=0))
+        start += len(sentences)
+    return F.normalize(torch.stack(means), dim=-1).clone()

@@ -402,11 +402,15 @@ def export_classifier(
     backbone: Backbone | None = None,
     classnames: Sequence[str] | None = None,
     device: str = "cpu",
+    check_classnames: str | os.PathLike | None = None,
 ) -> torch.Tensor:
     """The class text-feature matrix ``[D, C]`` (fp32, L2-normalised columns) as a fixed linear classifier.
 
     Saved with ``torch.save`` as a plain tensor, the form CLIP_benchmark's ``--load_clfs`` reads
-    (``logits = 100 * image_features @ classifier``); a ``.json`` beside it lists the class order.
+    (``logits = 100 * image_features @ classifier``); a ``.json`` beside it lists the class order, and
+    ``<out>.classnames.txt`` too, one per line (CLIP_benchmark's ``classnames.txt`` layout).
+    `check_classnames`: a ``classnames.txt`` (e.g. a webdataset's) the columns must follow, compared
+    with underscores as spaces and case ignored; a different order or class is an error (nothing written).
     Methods whose text depends on the image (CoCoOp) or that are not text classifiers (linear probe)
     are refused.
     """
@@ -420,10 +424,14 @@ def export_classifier(
             "a text classifier), so it cannot be exported as a linear classifier"
         )
     classifier = features.detach().float().cpu().t().contiguous()  # [D, C]
+    if check_classnames is not None:
+        check_class_order(method.classnames, check_classnames)
     if out is not None:
         out = Path(out)
         with atomic_path(out) as tmp:
             torch.save(classifier, tmp)
+        with atomic_path(out.with_suffix(".classnames.txt")) as tmp:
+            tmp.write_text("".join(f"{name}\n" for name in method.classnames), encoding="utf-8")
         info = {
             "shape": list(classifier.shape),
             "layout": "[embed_dim, num_classes]; logits = image_features @ classifier",
@@ -435,3 +443,27 @@ def export_classifier(
         with atomic_path(out.with_suffix(".json")) as tmp:
             tmp.write_text(json.dumps(info, indent=2))
     return classifier
+
+
+def _class_key(name: str) -> str:
+    return " ".join(name.replace("_", " ").lower().split())
+
+
+def check_class_order(classnames: Sequence[str], path: str | os.PathLike) -> None:
+    """`classnames` must be the lines of `path` in order (underscores as spaces, case ignored)."""
+    path = Path(path)
+    try:
+        expected = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise VLPromptError(f"classnames file not found: {path}") from None
+    if len(expected) != len(classnames):
+        raise VLPromptError(
+            f"{path} lists {len(expected)} classes, the classifier has {len(classnames)}; "
+            "pass --classes FILE to build the classifier for that file's classes"
+        )
+    for index, (ours, theirs) in enumerate(zip(classnames, expected)):
+        if _class_key(ours) != _class_key(theirs):
+            raise VLPromptError(
+                f"class order differs from {path} at line {index + 1}: classifier column {index} is {ours!r}, "
+                f"the file says {theirs!r}; pass --classes FILE to build the classifier in that order"
+            )
