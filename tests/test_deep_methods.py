@@ -266,3 +266,37 @@ def test_depths_beyond_the_tower_are_one_error_or_clamped(tiny_vit, tiny_rn):
         build_method("vpt", tiny_rn, CLASSES, {"depth": 1})
     with pytest.raises(VLPromptError, match="depth_text must be >= 1"):
         build_method("ivlp", tiny_vit, CLASSES, {"depth_text": 0})
+
+
+@pytest.fixture(scope="module")
+def world_base(tmp_path_factory):
+    """(backbone, experiment dict, zero-shot base top-1) on world_textures, base-to-new, built once."""
+    from vlprompt import api
+    from vlprompt.config import ExperimentConfig, load_yaml
+
+    root = tmp_path_factory.mktemp("deep_world")
+    backbone = api.load_backbone("vlprompt-tiny", "world")
+    base = load_yaml("experiments/deep_world.yaml")
+    base["dataset"] = {"name": "world_textures", "root": str(api.world_data_root(root / "world"))}
+    base["train"]["epochs"] = 3
+    config = ExperimentConfig.from_dict({**base, "method": {"name": "zero-shot"}, "output_dir": str(root / "zs")})
+    zero = api.run_experiment(config, backbone=backbone)["metrics"]["base"]["top1"]
+    return backbone, base, zero
+
+
+@pytest.mark.slow  # end to end on the embedded world
+@pytest.mark.parametrize("method", [
+    {"name": "vpt", "depth": 3},
+    {"name": "ivlp", "depth_text": 3, "depth_vision": 3},
+    {"name": "maple", "depth": 3},
+    {"name": "promptsrc", "depth_text": 3, "depth_vision": 3, "templates": "world_captions", "gpa_mean": 3.0},
+], ids=lambda m: m["name"])
+def test_each_method_beats_zero_shot_on_world_base_classes(world_base, tmp_path, monkeypatch, method):
+    from vlprompt import api
+    from vlprompt.config import ExperimentConfig
+
+    monkeypatch.setenv("VLPROMPT_CACHE", str(tmp_path / "cache"))
+    backbone, base, zero = world_base
+    config = ExperimentConfig.from_dict({**base, "method": method, "output_dir": str(tmp_path / "run")})
+    top1 = api.run_experiment(config, backbone=backbone)["metrics"]["base"]["top1"]
+    assert top1 > zero + 1.0, f"{method['name']} {top1:.2f} vs zero-shot {zero:.2f} on world_textures base classes"
