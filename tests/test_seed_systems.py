@@ -280,3 +280,15 @@ def test_infoprompt_adds_its_terms_to_coop(tiny_vit):
         assert stats["head_loss"] == pytest.approx(float(head_loss(prompt, text, image, scale)), abs=1e-5)
     loss.backward()
     assert on.ctx.grad is not None and on.ctx.grad.abs().sum() > 0
+
+
+def test_bench_prompt_ensemble_smoke():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_prompt_ensemble.py"
+    spec = importlib.util.spec_from_file_location("bench_prompt_ensemble", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.main(["--preset", "test"])["rows"]
+    assert rows[0]["members"] == 2 and rows[0]["loss_diff"] < 1e-4  # one batched call = the separate calls
