@@ -3,7 +3,8 @@
 A "user" is an image style (a colour cast, a new background, smaller shapes: image transforms applied to
 world_colored_shapes images) and 10 of its 100 classes. The adapter (persoma: shared context + resampler
 of the user's example features) is trained episodically over users of 7 training styles (train split);
-it is evaluated on users of 3 held-out styles (test split), each giving 5 unlabelled example images.
+it is evaluated on users of 3 held-out styles (test split), each giving 5 unlabelled example images, and
+(a diagnostic) on new users of 2 training styles.
 Compared: zero-shot, the adapter's shared context alone (no examples), the adapter with the user's
 examples (no gradient step), and CoOp trained per user on 2 labelled shots per class; time per user.
 
@@ -64,7 +65,8 @@ TEST_STYLES = {
     "olive_background_small": Style(background=(90, 95, 40), shrink=0.75),
     "dim_warm": Style(tint=(0.9, 0.75, 0.5)),
 }
-N_CLASSES, N_EXAMPLES, COOP_SHOTS, EPISODES, USERS_PER_STYLE = 10, 5, 2, 300, 4
+N_CLASSES, N_EXAMPLES, COOP_SHOTS, EPISODES, USERS_PER_STYLE = 10, 5, 2, 1500, 4
+SEEN_STYLES = ["warm", "small"]  # training styles, evaluated on new images and users (a diagnostic)
 
 
 def encode(backbone, items, style: Style) -> torch.Tensor:
@@ -126,7 +128,7 @@ def run(seed: int, backbone, dataset, train_feats, test_feats, train_labels, tes
         opt.step()
     adapter.eval()
     result = {"seed": seed, "adapter_train_seconds": round(time.perf_counter() - start, 1), "styles": {}}
-    for style in TEST_STYLES:
+    for style in [*TEST_STYLES, *SEEN_STYLES]:
         rows = {"zero_shot": [], "shared_context": [], "adapter": [], "coop_per_user": [],
                 "adapter_seconds": [], "coop_seconds": []}
         feats, labels = test_feats[style], test_labels
@@ -173,6 +175,7 @@ def main() -> None:
     t0 = time.perf_counter()
     train_feats = {name: encode(backbone, train_items, style) for name, style in TRAIN_STYLES.items()}
     test_feats = {name: encode(backbone, test_items, style) for name, style in TEST_STYLES.items()}
+    test_feats.update({name: encode(backbone, test_items, TRAIN_STYLES[name]) for name in SEEN_STYLES})
     print(f"encoded styles in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     train_labels = torch.tensor([int(it.label) for it in train_items])
     test_labels = torch.tensor([int(it.label) for it in test_items])
