@@ -8,7 +8,10 @@ it is evaluated on users of 3 held-out styles (test split), each giving 5 unlabe
 Compared: zero-shot, the adapter's shared context alone (no examples), the adapter with the user's
 examples (no gradient step), and CoOp trained per user on 2 labelled shots per class; time per user.
 
-Run: PYTHONPATH=. python docs/results/seed_systems_b/study_persoma.py [seeds]  (a few minutes on one core)
+With ``random=N`` the adapter trains over N random styles (colour casts, sizes, backgrounds drawn from a
+continuous family) plus the two diagnostic styles, 4 train images per class each.
+
+Run: PYTHONPATH=. python docs/results/seed_systems_b/study_persoma.py [seeds] [random=N]  (~5 min per seed)
 """
 
 from __future__ import annotations
@@ -67,6 +70,19 @@ TEST_STYLES = {
 }
 N_CLASSES, N_EXAMPLES, COOP_SHOTS, EPISODES, USERS_PER_STYLE = 10, 5, 2, 1500, 4
 SEEN_STYLES = ["warm", "small"]  # training styles, evaluated on new images and users (a diagnostic)
+
+
+def random_styles(n: int, seed: int = 100) -> dict[str, Style]:
+    """`n` training users' styles drawn from a continuous family: a colour cast, sometimes smaller shapes,
+    sometimes a new background (the held-out styles are fixed points outside the draw's seed)."""
+    g = np.random.default_rng(seed)
+    styles = {}
+    for i in range(n):
+        tint = tuple(float(v) for v in g.uniform(0.5, 1.35, 3))
+        shrink = float(g.uniform(0.6, 1.0)) if g.random() < 0.5 else 1.0
+        background = tuple(int(v) for v in g.integers(0, 256, 3)) if g.random() < 0.3 else None
+        styles[f"random_{i}"] = Style(tint=tint, shrink=shrink, background=background)  # type: ignore[arg-type]
+    return styles
 
 
 def encode(backbone, items, style: Style) -> torch.Tensor:
@@ -167,10 +183,15 @@ def run(seed: int, backbone, dataset, train_feats, test_feats, train_labels, tes
 
 def main() -> None:
     torch.set_num_threads(1)
-    seeds = [int(s) for s in sys.argv[1:]] or [1, 2, 3]
+    args = sys.argv[1:]
+    n_random = next((int(a.split("=")[1]) for a in args if a.startswith("random=")), 0)
+    seeds = [int(a) for a in args if a.isdigit()] or [1, 2, 3]
+    if n_random:  # many users: random styles instead of the 7 named ones (SEEN_STYLES stay as diagnostics)
+        global TRAIN_STYLES
+        TRAIN_STYLES = {**random_styles(n_random), **{k: TRAIN_STYLES[k] for k in SEEN_STYLES}}
     backbone = api.load_backbone("vlprompt-tiny", "world", "cpu")
     dataset = api.get_dataset("world_colored_shapes")
-    train_items = per_class(dataset.split("train"), 8, 0)
+    train_items = per_class(dataset.split("train"), 4 if n_random else 8, 0)
     test_items = per_class(dataset.split("test"), 12, 0)
     t0 = time.perf_counter()
     train_feats = {name: encode(backbone, train_items, style) for name, style in TRAIN_STYLES.items()}
@@ -180,7 +201,8 @@ def main() -> None:
     train_labels = torch.tensor([int(it.label) for it in train_items])
     test_labels = torch.tensor([int(it.label) for it in test_items])
     results = [run(s, backbone, dataset, train_feats, test_feats, train_labels, test_labels) for s in seeds]
-    Path(__file__).with_name("persoma.json").write_text(json.dumps(results, indent=2))
+    name = f"persoma_random{n_random}.json" if n_random else "persoma.json"
+    Path(__file__).with_name(name).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
