@@ -59,11 +59,12 @@ def tailor() -> None:
         print(f"| {label} | {ms([r[key] for r in rows])} |")
 
 
-def persoma() -> None:
-    path = HERE / "persoma.json"
+def persoma(name: str = "persoma.json") -> None:
+    path = HERE / name
     if not path.exists():
         return
     runs = json.loads(path.read_text())
+    print(f"\n{name}:")
     styles = list(runs[0]["styles"])
     print(f"\n| style ({len(runs)} seeds x 4 users) | zero-shot | shared context (no examples) | adapter (5 examples, "
           "no gradient) | CoOp per user (2 shots x 10) | s / user: adapter | s / user: CoOp |")
@@ -79,3 +80,4 @@ if __name__ == "__main__":
     compress()
     tailor()
     persoma()
+    persoma("persoma_random32.json")
