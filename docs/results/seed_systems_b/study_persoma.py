@@ -17,6 +17,7 @@ Run: PYTHONPATH=. python docs/results/seed_systems_b/study_persoma.py [seeds] [r
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -69,6 +70,7 @@ TEST_STYLES = {
     "dim_warm": Style(tint=(0.9, 0.75, 0.5)),
 }
 N_CLASSES, N_EXAMPLES, COOP_SHOTS, EPISODES, USERS_PER_STYLE = 10, 5, 2, 1500, 4
+CLIP_NORM = 0.0  # gradient-norm clipping of the episodes (0: none); `clip=X` on the command line
 SEEN_STYLES = ["warm", "small"]  # training styles, evaluated on new images and users (a diagnostic)
 
 
@@ -78,9 +80,10 @@ def random_styles(n: int, seed: int = 100) -> dict[str, Style]:
     g = np.random.default_rng(seed)
     styles = {}
     for i in range(n):
-        tint = tuple(float(v) for v in g.uniform(0.5, 1.35, 3))
+        tint = tuple(float(v) for v in g.uniform(0.7, 1.3, 3))
         shrink = float(g.uniform(0.6, 1.0)) if g.random() < 0.5 else 1.0
-        background = tuple(int(v) for v in g.integers(0, 256, 3)) if g.random() < 0.3 else None
+        grey = int(g.integers(20, 200))  # muted backgrounds: a random colour could match a shape's colour
+        background = tuple(int(np.clip(grey + v, 0, 255)) for v in g.integers(-20, 21, 3)) if g.random() < 0.3 else None
         styles[f"random_{i}"] = Style(tint=tint, shrink=shrink, background=background)  # type: ignore[arg-type]
     return styles
 
@@ -127,6 +130,7 @@ def run(seed: int, backbone, dataset, train_feats, test_feats, train_labels, tes
     opt = torch.optim.AdamW([p for p in adapter.parameters() if p.requires_grad], lr=0.002, weight_decay=0.0)
     names = list(TRAIN_STYLES)
     start = time.perf_counter()
+    last: list[float] = []
     adapter.train()
     for _ in range(EPISODES):
         style = names[int(torch.randint(len(names), (1,), generator=g))]
@@ -138,12 +142,17 @@ def run(seed: int, backbone, dataset, train_feats, test_feats, train_labels, tes
         support, query = idx[:N_EXAMPLES], idx[N_EXAMPLES:]
         remap = {int(c): i for i, c in enumerate(picked)}
         opt.zero_grad()
-        loss, _ = adapter.episode_loss(feats[support], [classes[int(c)] for c in picked], feats[query],
+        loss, stats = adapter.episode_loss(feats[support], [classes[int(c)] for c in picked], feats[query],
                                        torch.tensor([remap[int(y)] for y in labels[query]]))
         loss.backward()
+        if CLIP_NORM:
+            torch.nn.utils.clip_grad_norm_(adapter.parameters(), CLIP_NORM)
         opt.step()
+        last.append(stats["acc"])
     adapter.eval()
-    result = {"seed": seed, "adapter_train_seconds": round(time.perf_counter() - start, 1), "styles": {}}
+    result = {"seed": seed, "adapter_train_seconds": round(time.perf_counter() - start, 1), "styles": {},
+              "train_episode_acc_last100": round(statistics.mean(last[-100:]), 2)}
+    print(seed, "train episode acc (last 100)", result["train_episode_acc_last100"], file=sys.stderr, flush=True)
     for style in [*TEST_STYLES, *SEEN_STYLES]:
         rows = {"zero_shot": [], "shared_context": [], "adapter": [], "coop_per_user": [],
                 "adapter_seconds": [], "coop_seconds": []}
@@ -186,6 +195,8 @@ def main() -> None:
     args = sys.argv[1:]
     n_random = next((int(a.split("=")[1]) for a in args if a.startswith("random=")), 0)
     seeds = [int(a) for a in args if a.isdigit()] or [1, 2, 3]
+    global CLIP_NORM
+    CLIP_NORM = next((float(a.split("=")[1]) for a in args if a.startswith("clip=")), 0.0)
     if n_random:  # many users: random styles instead of the 7 named ones (SEEN_STYLES stay as diagnostics)
         global TRAIN_STYLES
         TRAIN_STYLES = {**random_styles(n_random), **{k: TRAIN_STYLES[k] for k in SEEN_STYLES}}
@@ -194,9 +205,15 @@ def main() -> None:
     train_items = per_class(dataset.split("train"), 4 if n_random else 8, 0)
     test_items = per_class(dataset.split("test"), 12, 0)
     t0 = time.perf_counter()
-    train_feats = {name: encode(backbone, train_items, style) for name, style in TRAIN_STYLES.items()}
-    test_feats = {name: encode(backbone, test_items, style) for name, style in TEST_STYLES.items()}
-    test_feats.update({name: encode(backbone, test_items, TRAIN_STYLES[name]) for name in SEEN_STYLES})
+    cache = Path(os.environ.get("PERSOMA_FEATURE_CACHE", "")) if os.environ.get("PERSOMA_FEATURE_CACHE") else None
+    if cache is not None and cache.exists():
+        train_feats, test_feats = torch.load(cache)
+    else:
+        train_feats = {name: encode(backbone, train_items, style) for name, style in TRAIN_STYLES.items()}
+        test_feats = {name: encode(backbone, test_items, style) for name, style in TEST_STYLES.items()}
+        test_feats.update({name: encode(backbone, test_items, TRAIN_STYLES[name]) for name in SEEN_STYLES})
+        if cache is not None:
+            torch.save((train_feats, test_feats), cache)
     print(f"encoded styles in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     train_labels = torch.tensor([int(it.label) for it in train_items])
     test_labels = torch.tensor([int(it.label) for it in test_items])
