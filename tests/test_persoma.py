@@ -59,6 +59,15 @@ def test_examples_give_a_prompt_without_a_gradient_step(tiny_vit):
         method.set_user_examples(torch.randn(3, 7))
 
 
+def test_offsets_are_bounded(tiny_vit):
+    method = _trained(tiny_vit)
+    with torch.no_grad():
+        method.resampler.out.weight.mul_(1e4)
+        a, _ = _users(tiny_vit)
+        norms = method.resampler(a).norm(dim=-1)
+    assert (norms <= 1.0 + 1e-5).all() and (norms > 0.99).all()
+
+
 def test_episode_loss_trains_the_resampler(tiny_vit):
     torch.manual_seed(0)
     method = build_method("persoma", tiny_vit, CLASSES, {"n_ctx": 2})

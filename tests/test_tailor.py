@@ -35,6 +35,7 @@ def test_layout_by_hand():
     layout = composition_layout(10, torch.tensor([1, 2]), torch.tensor([3, 4]), mask=True, reindex=True)
     expected = torch.zeros(10, 10, dtype=torch.bool)
     expected[3:5, 1:3] = True
+    expected[1:3, 3:5] = True
     assert torch.equal(layout.blocked, expected)
     assert layout.position_ids.tolist() == [0, 1, 2, 1, 2, 3, 4, 5, 6, 7]
     plain = composition_layout(10, torch.tensor([1, 2]), torch.tensor([3, 4]), mask=False, reindex=False)

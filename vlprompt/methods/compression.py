@@ -12,7 +12,7 @@ learned tokens (``"{ctx} {class}."``) is trained so that its class features repr
 
 The result is a plain ``coop`` method, saved as every prompt is (`save_prompt`), so ``vlprompt eval
 --prompt``, ``predict`` and the zoo take it unchanged. Counterpart of SoftPromptComp (Wang et al., 2024)
-on CLIP; see docs/seed_systems_b.md.
+on CLIP; see docs/results/seed_systems_b.md.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ Perceiver-style) into a few soft prompt tokens for a frozen LLM. Here the histor
 user's images (unlabelled), encoded by the frozen image tower; a Perceiver-style resampler (learned
 latents cross-attending to the example features, then a feed-forward block) gives one offset per context
 token, added to a shared learned context: ``ctx_user = ctx + out(resample(examples))`` in
-``"{ctx} {class}."``. The output projection starts at zero, so an untrained adapter is plain CoOp with
+``"{ctx} {class}."``. Each offset's norm is softly bounded by ``max_offset`` (a deviation from the paper's
+plain projection: on the world, unbounded offsets grew to 100s x a token embedding's norm and training
+diverged). The output projection starts at zero, so an untrained adapter is plain CoOp with
 the shared context. A new user's examples give their prompt with no gradient step (`set_user_examples`).
 
 Training is episodic (`episode_loss`: one user's examples, classes and labelled queries per episode);
@@ -36,6 +38,7 @@ class PersomaConfig(MethodConfig):
     ctx_init: str = ""  # words for the shared context (sets n_ctx), or "" for N(0, 0.02)
     hidden: int = 0  # resampler width; 0: the text width
     heads: int = 4
+    max_offset: float = 1.0  # bound on each token offset's L2 norm (soft: cap * tanh(|o| / cap)); 0: unbounded
     init_std: float = 0.02
     init_seed: int | None = None
 
@@ -44,14 +47,17 @@ class PersomaConfig(MethodConfig):
             raise VLPromptError(f"{where}: n_ctx must be at least 1, got {self.n_ctx}")
         if self.hidden < 0 or self.heads < 1:
             raise VLPromptError(f"{where}: hidden must be >= 0 and heads >= 1, got {self.hidden} and {self.heads}")
+        if self.max_offset < 0:
+            raise VLPromptError(f"{where}: max_offset must be >= 0 (0: unbounded), got {self.max_offset}")
 
 
 class Resampler(nn.Module):
     """A set of example features ``[K, D]`` -> ``[n, W]`` token offsets (learned latents cross-attend to the
     examples, then a feed-forward block; permutation-invariant in the examples, any K >= 1)."""
 
-    def __init__(self, embed_dim: int, width: int, n_tokens: int, hidden: int, heads: int) -> None:
+    def __init__(self, embed_dim: int, width: int, n_tokens: int, hidden: int, heads: int, max_offset: float = 0.0) -> None:
         super().__init__()
+        self.max_offset = max_offset
         if hidden % heads:
             hidden = heads * max(1, hidden // heads)
         self.latents = nn.Parameter(torch.randn(n_tokens, hidden) * 0.02)
@@ -68,7 +74,11 @@ class Resampler(nn.Module):
         q = self.latents.unsqueeze(0)
         x = q + self.attn(self.norm_q(q), kv, kv, need_weights=False)[0]
         x = x + self.ff(self.norm_ff(x))
-        return self.out(x[0])
+        offsets = self.out(x[0])
+        if self.max_offset:  # keep offsets at the scale of token embeddings: unbounded ones blew up in training
+            norm = offsets.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            offsets = offsets * (self.max_offset * torch.tanh(norm / self.max_offset) / norm)
+        return offsets
 
 
 @register_method("persoma", PersomaConfig)
@@ -83,7 +93,9 @@ class Persoma(PromptMethod):
         self.n_ctx = ctx.shape[0]
         self.ctx = nn.Parameter(ctx)
         ident = backbone.identity
-        self.resampler = Resampler(ident.embed_dim, ident.width, self.n_ctx, config.hidden or ident.width, config.heads)
+        self.resampler = Resampler(
+            ident.embed_dim, ident.width, self.n_ctx, config.hidden or ident.width, config.heads, config.max_offset
+        )
         self.user_features: torch.Tensor | None = None
         self._build(self.classnames)
 

@@ -10,8 +10,8 @@ e.g. a colour; the rest: attribute B, e.g. a shape):
   (``"{ctx_a} {a}."`` over the A words), prompt B on attribute-B labels (``"{ctx_b} {b}."``); the two
   losses share nothing, so this is two separate single-attribute runs on the same images;
 - the composed classifier is ``"[SOS] {ctx_a} {ctx_b} {connector} {a} {b}. [EOT]"``; with ``mask`` the
-  positions of prompt B get zero attention to those of prompt A (A precedes B, so the causal mask already
-  keeps A from B); with ``reindex`` prompt B takes positions 1..n as A does, and what follows continues
+  positions of each prompt get zero attention to those of the other (in a causal tower A precedes B, so
+  only B -> A is new); with ``reindex`` prompt B takes positions 1..n as A does, and what follows continues
   from n + 1, as after one prompt in training; the connector and the class words attend to everything;
 - stage ``connector``: only the connector trains, on the composed classifier over a few combinations.
 
@@ -77,12 +77,13 @@ def _vocabulary(values: Sequence[str]) -> list[str]:
 
 def composition_layout(length: int, pos_a: torch.Tensor, pos_b: torch.Tensor, mask: bool, reindex: bool) -> TextLayout:
     """Tailor's layout over `length` positions with prompt A at `pos_a` and prompt B at `pos_b` (B right
-    after A): B's queries blocked from A's keys; B re-indexed to A's positions and every later position
+    after A): each prompt's queries blocked from the other's keys; B re-indexed to A's positions and every later position
     shifted back by len(B)."""
     blocked = None
     if mask:
         blocked = torch.zeros(length, length, dtype=torch.bool)
         blocked[pos_b.view(-1, 1), pos_a.view(1, -1)] = True
+        blocked[pos_a.view(-1, 1), pos_b.view(1, -1)] = True  # already so in a causal tower; not in a bidirectional one
     position_ids = None
     if reindex:
         position_ids = torch.arange(length)

@@ -3,16 +3,21 @@
 A "user" is an image style (a colour cast, a new background, smaller shapes: image transforms applied to
 world_colored_shapes images) and 10 of its 100 classes. The adapter (persoma: shared context + resampler
 of the user's example features) is trained episodically over users of 7 training styles (train split);
-it is evaluated on users of 3 held-out styles (test split), each giving 5 unlabelled example images.
+it is evaluated on users of 3 held-out styles (test split), each giving 5 unlabelled example images, and
+(a diagnostic) on new users of 2 training styles.
 Compared: zero-shot, the adapter's shared context alone (no examples), the adapter with the user's
 examples (no gradient step), and CoOp trained per user on 2 labelled shots per class; time per user.
 
-Run: PYTHONPATH=. python docs/results/seed_systems_b/study_persoma.py [seeds]  (a few minutes on one core)
+With ``random=N`` the adapter trains over N random styles (colour casts, sizes, backgrounds drawn from a
+continuous family) plus the two diagnostic styles, 4 train images per class each.
+
+Run: PYTHONPATH=. python docs/results/seed_systems_b/study_persoma.py [seeds] [random=N]  (~5 min per seed)
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -64,7 +69,23 @@ TEST_STYLES = {
     "olive_background_small": Style(background=(90, 95, 40), shrink=0.75),
     "dim_warm": Style(tint=(0.9, 0.75, 0.5)),
 }
-N_CLASSES, N_EXAMPLES, COOP_SHOTS, EPISODES, USERS_PER_STYLE = 10, 5, 2, 300, 4
+N_CLASSES, N_EXAMPLES, COOP_SHOTS, EPISODES, USERS_PER_STYLE = 10, 5, 2, 1500, 4
+CLIP_NORM = 0.0  # gradient-norm clipping of the episodes (0: none); `clip=X` on the command line
+SEEN_STYLES = ["warm", "small"]  # training styles, evaluated on new images and users (a diagnostic)
+
+
+def random_styles(n: int, seed: int = 100) -> dict[str, Style]:
+    """`n` training users' styles drawn from a continuous family: a colour cast, sometimes smaller shapes,
+    sometimes a new background (the held-out styles are fixed points outside the draw's seed)."""
+    g = np.random.default_rng(seed)
+    styles = {}
+    for i in range(n):
+        tint = tuple(float(v) for v in g.uniform(0.7, 1.3, 3))
+        shrink = float(g.uniform(0.6, 1.0)) if g.random() < 0.5 else 1.0
+        grey = int(g.integers(20, 200))  # muted backgrounds: a random colour could match a shape's colour
+        background = tuple(int(np.clip(grey + v, 0, 255)) for v in g.integers(-20, 21, 3)) if g.random() < 0.3 else None
+        styles[f"random_{i}"] = Style(tint=tint, shrink=shrink, background=background)  # type: ignore[arg-type]
+    return styles
 
 
 def encode(backbone, items, style: Style) -> torch.Tensor:
@@ -109,6 +130,7 @@ def run(seed: int, backbone, dataset, train_feats, test_feats, train_labels, tes
     opt = torch.optim.AdamW([p for p in adapter.parameters() if p.requires_grad], lr=0.002, weight_decay=0.0)
     names = list(TRAIN_STYLES)
     start = time.perf_counter()
+    last: list[float] = []
     adapter.train()
     for _ in range(EPISODES):
         style = names[int(torch.randint(len(names), (1,), generator=g))]
@@ -120,13 +142,18 @@ def run(seed: int, backbone, dataset, train_feats, test_feats, train_labels, tes
         support, query = idx[:N_EXAMPLES], idx[N_EXAMPLES:]
         remap = {int(c): i for i, c in enumerate(picked)}
         opt.zero_grad()
-        loss, _ = adapter.episode_loss(feats[support], [classes[int(c)] for c in picked], feats[query],
+        loss, stats = adapter.episode_loss(feats[support], [classes[int(c)] for c in picked], feats[query],
                                        torch.tensor([remap[int(y)] for y in labels[query]]))
         loss.backward()
+        if CLIP_NORM:
+            torch.nn.utils.clip_grad_norm_(adapter.parameters(), CLIP_NORM)
         opt.step()
+        last.append(stats["acc"])
     adapter.eval()
-    result = {"seed": seed, "adapter_train_seconds": round(time.perf_counter() - start, 1), "styles": {}}
-    for style in TEST_STYLES:
+    result = {"seed": seed, "adapter_train_seconds": round(time.perf_counter() - start, 1), "styles": {},
+              "train_episode_acc_last100": round(statistics.mean(last[-100:]), 2)}
+    print(seed, "train episode acc (last 100)", result["train_episode_acc_last100"], file=sys.stderr, flush=True)
+    for style in [*TEST_STYLES, *SEEN_STYLES]:
         rows = {"zero_shot": [], "shared_context": [], "adapter": [], "coop_per_user": [],
                 "adapter_seconds": [], "coop_seconds": []}
         feats, labels = test_feats[style], test_labels
@@ -165,19 +192,34 @@ def run(seed: int, backbone, dataset, train_feats, test_feats, train_labels, tes
 
 def main() -> None:
     torch.set_num_threads(1)
-    seeds = [int(s) for s in sys.argv[1:]] or [1, 2, 3]
+    args = sys.argv[1:]
+    n_random = next((int(a.split("=")[1]) for a in args if a.startswith("random=")), 0)
+    seeds = [int(a) for a in args if a.isdigit()] or [1, 2, 3]
+    global CLIP_NORM
+    CLIP_NORM = next((float(a.split("=")[1]) for a in args if a.startswith("clip=")), 0.0)
+    if n_random:  # many users: random styles instead of the 7 named ones (SEEN_STYLES stay as diagnostics)
+        global TRAIN_STYLES
+        TRAIN_STYLES = {**random_styles(n_random), **{k: TRAIN_STYLES[k] for k in SEEN_STYLES}}
     backbone = api.load_backbone("vlprompt-tiny", "world", "cpu")
     dataset = api.get_dataset("world_colored_shapes")
-    train_items = per_class(dataset.split("train"), 8, 0)
+    train_items = per_class(dataset.split("train"), 4 if n_random else 8, 0)
     test_items = per_class(dataset.split("test"), 12, 0)
     t0 = time.perf_counter()
-    train_feats = {name: encode(backbone, train_items, style) for name, style in TRAIN_STYLES.items()}
-    test_feats = {name: encode(backbone, test_items, style) for name, style in TEST_STYLES.items()}
+    cache = Path(os.environ.get("PERSOMA_FEATURE_CACHE", "")) if os.environ.get("PERSOMA_FEATURE_CACHE") else None
+    if cache is not None and cache.exists():
+        train_feats, test_feats = torch.load(cache)
+    else:
+        train_feats = {name: encode(backbone, train_items, style) for name, style in TRAIN_STYLES.items()}
+        test_feats = {name: encode(backbone, test_items, style) for name, style in TEST_STYLES.items()}
+        test_feats.update({name: encode(backbone, test_items, TRAIN_STYLES[name]) for name in SEEN_STYLES})
+        if cache is not None:
+            torch.save((train_feats, test_feats), cache)
     print(f"encoded styles in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     train_labels = torch.tensor([int(it.label) for it in train_items])
     test_labels = torch.tensor([int(it.label) for it in test_items])
     results = [run(s, backbone, dataset, train_feats, test_feats, train_labels, test_labels) for s in seeds]
-    Path(__file__).with_name("persoma.json").write_text(json.dumps(results, indent=2))
+    name = f"persoma_random{n_random}.json" if n_random else "persoma.json"
+    Path(__file__).with_name(name).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
