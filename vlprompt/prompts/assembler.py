@@ -9,6 +9,7 @@ once here, so methods only decide which vectors go where.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from torch import nn
 from vlprompt.backbones.base import Backbone
 from vlprompt.errors import VLPromptError
 
+log = logging.getLogger(__name__)
 _SLOT = re.compile(r"\{(\w+)\}")
 
 
@@ -253,13 +255,20 @@ class PromptAssembler(nn.Module):
 
     def _plan(self, vectors: Mapping[str, torch.Tensor]) -> tuple[int, bool] | None:
         """(prefix length S, one prefix per image?) for the shared path, or None for the plain path."""
+        return self._plan_and_reason(vectors)[0]
+
+    def _plan_and_reason(self, vectors: Mapping[str, torch.Tensor]) -> tuple[tuple[int, bool] | None, str]:
+        """The plan and, in words, why this path."""
         batch = self._check_vectors(vectors)
         backbone = self.backbone
-        if not (self.use_shared_prefix and getattr(backbone, "shared_prefix", False)):
-            return None
+        if not self.use_shared_prefix:
+            return None, "switched off for this prompt (use_shared_prefix = False)"
+        if not getattr(backbone, "shared_prefix", False):
+            return None, "switched off for the backbone (backbone.shared_prefix = False)"
         unsupported = getattr(backbone, "shared_prefix_unsupported", None)
-        if unsupported is None or unsupported() is not None:
-            return None
+        reason = f"{type(backbone).__name__} has no shared-prefix encoding" if unsupported is None else unsupported()
+        if reason is not None:
+            return None, reason
         end = self._max_eot + 1
         n_prompts = self.n_prompts * (batch or 1)
         options = []
@@ -273,9 +282,10 @@ class PromptAssembler(nn.Module):
                 positions_run = (batch if per_image else 1) * S + n_prompts * (end - S)
                 options.append((positions_run, per_image, S))
         if not options:
-            return None
+            return None, (f"the positions all prompts share end before position {max(1, self.min_shared_prefix)} "
+                          "(class name at the front, or per-prompt / class-specific context at the start)")
         _, per_image, S = min(options)
-        return S, per_image
+        return (S, per_image), f"{S} leading positions encoded once" + (" per image" if per_image else "")
 
     def shared_prefix_plan(self, **vectors: torch.Tensor) -> int | None:
         """How many leading positions `encode` computes once (once in all, or once per image when
@@ -313,6 +323,13 @@ class PromptAssembler(nn.Module):
                 suffix = suffix.scatter(2, index, value)
         return prefix, suffix.reshape(G, B * P // G, end - S, W)
 
+    def _log_path(self, path: str, reason: str) -> None:
+        """Say once per assembler (and reason) which text path `encode` takes and why (info level)."""
+        logged = self.__dict__.setdefault("_logged_paths", set())
+        if (path, reason) not in logged:
+            logged.add((path, reason))
+            log.info("prompt %r: %s path (%s)", self.template, "shared-prefix" if path == "shared" else "plain", reason)
+
     def encode(self, **vectors: torch.Tensor) -> torch.Tensor:
         """Text features ``[P, D]`` (or ``[B, P, D]``) of the filled prompts, not normalised.
 
@@ -322,7 +339,8 @@ class PromptAssembler(nn.Module):
         takes; set ``use_shared_prefix = False`` (or ``backbone.shared_prefix = False``) to force the
         plain path.
         """
-        plan = self._plan(vectors)
+        plan, reason = self._plan_and_reason(vectors)
+        self._log_path("shared" if plan is not None else "plain", reason)
         if plan is not None:
             S, per_image = plan
             batch = self._check_vectors(vectors)
