@@ -13,8 +13,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vlprompt.config import ExperimentConfig
+from vlprompt.czsl.data import CZSLDataset
+from vlprompt.czsl.evaluate import EvalOptions, batch_scores
+from vlprompt.czsl.synthetic import write_miniature
+from vlprompt.engine.cache import FeatureCache
 from vlprompt.methods import PairLabels, build_method
 from vlprompt.methods.dfsp import DFSP, convert_released_state_dict
+from vlprompt.runner import run_experiment
+from vlprompt.zoo.checkpoint import load_prompt
 
 ATTRS, OBJS = ["red", "wet", "old"], ["apple", "car"]
 PAIRS = torch.tensor([[0, 0], [1, 1], [2, 0], [0, 1]])
@@ -191,3 +198,24 @@ def test_dfsp_text_blocks_option_and_old_prompt_names(tiny_vit):
         build_method("dfsp", tiny_vit, labels, {"context_length": 5})
     with pytest.raises(Exception, match="fusion_act 'relu' is not one of"):
         build_method("dfsp", tiny_vit, labels, {"fusion_act": "relu"})
+
+
+def test_img2txt_trains_and_evaluates_per_batch(tiny_vit, tmp_path):
+    """The released img2txt through the engine; evaluation scores each image batch (batch-level text)."""
+    root = write_miniature(tmp_path / "mit", "mit-states")
+    cfg = ExperimentConfig.from_dict({
+        "task": "czsl", "dataset": {"name": "mini", "root": str(root)}, "method": {"name": "dfsp", "fusion": "img2txt"},
+        "train": {"optimizer": "adam", "lr": 1e-3, "epochs": 1, "batch_size": 4, "warmup_epochs": 0, "device": "cpu",
+                  "progress": False},
+        "protocol": {"select": "final"}, "eval": {"phases": ["test"], "worlds": ["closed"], "batch_size": 3},
+        "output_dir": str(tmp_path / "run")})
+    out = run_experiment(cfg, backbone=tiny_vit, cache=FeatureCache(tmp_path / "cache"))
+    assert 0 <= out["metrics"]["closed/test"]["AUC"] <= 100
+    method = load_prompt(tmp_path / "run" / "prompt.safetensors", tiny_vit).eval()
+    assert method.batch_scores and method.config.fusion == "img2txt"
+    ds = CZSLDataset.load(root, name="mini")
+    state = method.prepare_eval(ds.all_pair_index)
+    by3 = batch_scores(method, ds.items["test"], state, EvalOptions(batch_size=3))
+    by1 = batch_scores(method, ds.items["test"], state, EvalOptions(batch_size=1))
+    assert by3.shape == (len(ds.items["test"]), len(ds.all_pair_index))
+    assert not torch.allclose(by3, by1)  # as released, the batch composition changes the fused text

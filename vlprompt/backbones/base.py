@@ -47,7 +47,28 @@ class BackboneIdentity:
         return (self.source, self.name, self.pretrained) == (other.source, other.name, other.pretrained)
 
     def describe(self) -> str:
-        return f"{self.name} ({self.pretrained or 'random weights'})"
+        return describe_identity(self.to_dict())
+
+
+def weight_source(ident: dict) -> str:
+    """Where an identity's weights came from, in words: the tag or file, the checkpoint file a name
+    points at (``openai:<file>`` records no tag), an in-memory state dict, or random weights."""
+    pretrained, digest = ident.get("pretrained"), ident.get("weights_hash")
+    if pretrained and str(pretrained).startswith(STATE_DICT_TAG):
+        return f"in-memory state dict, weights {digest}"
+    if pretrained and pretrained != "torchscript":
+        return str(pretrained)
+    if ident.get("source") == "openai":
+        return f"OpenAI-layout checkpoint file, weights {digest}" if digest else "OpenAI-layout checkpoint file"
+    return f"weights {digest}" if digest else "random weights"
+
+
+def describe_identity(ident: dict) -> str:
+    """``name (weight source)``, e.g. ``ViT-B-16 (openai)`` or ``/m/ViT-B-16.pt (OpenAI-layout checkpoint file, ...)``."""
+    return f"{ident.get('name')} ({weight_source(ident)})"
+
+
+STATE_DICT_TAG = "state_dict:"  # `pretrained` recorded for a backbone built from an in-memory state dict
 
 
 class Backbone(nn.Module):

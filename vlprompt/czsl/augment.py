@@ -7,18 +7,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from torchvision import transforms as T
-
 from vlprompt.backbones.base import Backbone
 from vlprompt.errors import VLPromptError
 
 
 def released_augmentations() -> list[Callable]:
+    from torchvision import transforms as T  # torchvision only when a CZSL run trains (not to load a config)
+
     return [T.RandomHorizontalFlip(), T.RandomPerspective(), T.RandomRotation(degrees=5)]
 
 
-def czsl_train_transform(backbone: Backbone) -> T.Compose:
+def czsl_train_transform(backbone: Backbone) -> Callable:
     """The backbone's evaluation pipeline with the released random ops inserted before ``ToTensor``."""
+    from torchvision import transforms as T
+
     base = backbone.eval_transform
     steps = list(getattr(base, "transforms", []))
     at = next((i for i, step in enumerate(steps) if isinstance(step, T.ToTensor)), None)

@@ -43,7 +43,7 @@ from vlprompt.backbones.capabilities import Capability
 from vlprompt.errors import VLPromptError
 from vlprompt.methods.base import MethodConfig, MethodContext, PromptMethod, register_method
 from vlprompt.methods.label_space import LabelSpace
-from vlprompt.methods.text_losses import DIRECTIONS, text_to_text_loss
+from vlprompt.methods.text_losses import DIRECTIONS, group_text_losses
 from vlprompt.prompts.assembler import PromptAssembler
 from vlprompt.prompts.context import check_init, initial_context
 from vlprompt.prompts.handcrafted import handcrafted_features
@@ -301,18 +301,20 @@ class LASP(PromptMethod):
         self._last.update(image=image, feats=feats)
         return scale * image @ self.ensemble(feats).to(image.dtype).t()
 
-    def text_loss(self, loss_feats: torch.Tensor, noise: bool | None = None) -> torch.Tensor:
-        """L_TT averaged over groups, each against its own templates. `noise`: None draws it
-        (probability ``noise_prob``), True/False forces it."""
+    def text_loss(self, loss_feats: torch.Tensor, noise: bool | torch.Tensor | None = None) -> torch.Tensor:
+        """L_TT averaged over groups, each against its own templates (`lasp_text_loss` computes the same
+        from raw features). `noise`: None draws it (probability ``noise_prob``), True/False forces it, a
+        tensor ``[T, C_all, D]`` is the noise itself."""
         hand = self.handcrafted.to(loss_feats.device)
         cfg = self.config
         if noise is None:
             noise = cfg.noise_std > 0 and cfg.noise_prob > 0 and float(torch.rand(())) < cfg.noise_prob
-        if noise:
+        if isinstance(noise, torch.Tensor):
+            hand = hand + noise.to(hand.device, hand.dtype)
+        elif noise:
             hand = hand + cfg.noise_std * torch.randn_like(hand)  # not re-normalised, as the official code
         scale = self.backbone.logit_scale.detach().float()
-        losses = [text_to_text_loss(loss_feats[g], hand[idx], scale, cfg.direction) for g, idx in enumerate(self.group_templates)]
-        return torch.stack(losses).mean()
+        return group_text_losses(loss_feats, hand, scale, self.group_templates, cfg.direction)
 
     def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         labels = batch["labels"]

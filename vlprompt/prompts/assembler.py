@@ -9,6 +9,7 @@ once here, so methods only decide which vectors go where.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from vlprompt.backbones.base import Backbone
 from vlprompt.backbones.deep_prompts import DeepPrompts
 from vlprompt.errors import VLPromptError
 
+log = logging.getLogger(__name__)
 _SLOT = re.compile(r"\{(\w+)\}")
 
 
@@ -273,25 +275,34 @@ class PromptAssembler(nn.Module):
         self, vectors: Mapping[str, torch.Tensor], deep: DeepPrompts | None = None
     ) -> tuple[int, bool] | None:
         """(prefix length S, one prefix per image?) for the shared path, or None for the plain path."""
+        return self._plan_and_reason(vectors, deep)[0]
+
+    def _plan_and_reason(
+        self, vectors: Mapping[str, torch.Tensor], deep: DeepPrompts | None = None
+    ) -> tuple[tuple[int, bool] | None, str]:
+        """The plan and, in words, why this path."""
         batch = self._check_vectors(vectors)
         backbone = self.backbone
-        if not (self.use_shared_prefix and getattr(backbone, "shared_prefix", False)):
-            return None
+        if not self.use_shared_prefix:
+            return None, "switched off for this prompt (use_shared_prefix = False)"
+        if not getattr(backbone, "shared_prefix", False):
+            return None, "switched off for the backbone (backbone.shared_prefix = False)"
         unsupported = getattr(backbone, "shared_prefix_unsupported", None)
-        if unsupported is None or unsupported() is not None:
-            return None
+        reason = f"{type(backbone).__name__} has no shared-prefix encoding" if unsupported is None else unsupported()
+        if reason is not None:
+            return None, reason
         end = self._max_eot + 1
         n_prompts = self.n_prompts * (batch or 1)
         deep_end = None
         if deep is not None and deep.layers:
             if any(t.dim() != 2 for t in deep.layers):
-                return None  # per-prompt deep tokens cannot be shared
+                return None, "per-prompt deep tokens cannot be shared"
             deep_end = deep.start + deep.n_tokens
         options = []
         for per_image in (False, True) if batch is not None else (False,):
             S = min(self.shared_prefix_length, self._min_eot)
             if deep_end is not None and deep_end > S:
-                return None  # deep tokens past the shared prefix: the plain path replaces them per prompt
+                return None, "deep tokens past the shared prefix (the plain path replaces them per prompt)"
             for name, value in vectors.items():
                 first, last = self._slot_span[name]
                 if first < S and (last >= S or not self._shared_value(value, across_images=not per_image)):
@@ -300,9 +311,10 @@ class PromptAssembler(nn.Module):
                 positions_run = (batch if per_image else 1) * S + n_prompts * (end - S)
                 options.append((positions_run, per_image, S))
         if not options:
-            return None
+            return None, (f"the positions all prompts share end before position {max(1, self.min_shared_prefix)} "
+                          "(class name at the front, or per-prompt / class-specific context at the start)")
         _, per_image, S = min(options)
-        return S, per_image
+        return (S, per_image), f"{S} leading positions encoded once" + (" per image" if per_image else "")
 
     def shared_prefix_plan(self, deep: DeepPrompts | None = None, **vectors: torch.Tensor) -> int | None:
         """How many leading positions `encode` computes once (once in all, or once per image when
@@ -340,6 +352,13 @@ class PromptAssembler(nn.Module):
                 suffix = suffix.scatter(2, index, value)
         return prefix, suffix.reshape(G, B * P // G, end - S, W)
 
+    def _log_path(self, path: str, reason: str) -> None:
+        """Say once per assembler (and reason) which text path `encode` takes and why (info level)."""
+        logged = self.__dict__.setdefault("_logged_paths", set())
+        if (path, reason) not in logged:
+            logged.add((path, reason))
+            log.info("prompt %r: %s path (%s)", self.template, "shared-prefix" if path == "shared" else "plain", reason)
+
     def encode(self, deep: DeepPrompts | None = None, **vectors: torch.Tensor) -> torch.Tensor:
         """Text features ``[P, D]`` (or ``[B, P, D]``) of the filled prompts, not normalised.
 
@@ -352,7 +371,8 @@ class PromptAssembler(nn.Module):
         """
         if deep is not None and not deep.layers:
             deep = None
-        plan = self._plan(vectors, deep)
+        plan, reason = self._plan_and_reason(vectors, deep)
+        self._log_path("shared" if plan is not None else "plain", reason)
         if plan is not None:
             S, per_image = plan
             batch = self._check_vectors(vectors)

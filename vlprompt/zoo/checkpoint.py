@@ -28,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import vlprompt
-from vlprompt.backbones.base import Backbone
+from vlprompt.backbones.base import Backbone, describe_identity
 from vlprompt.errors import VLPromptError
 from vlprompt.hashing import file_sha256  # noqa: F401  (full digest; the zoo modules import it from here)
 from vlprompt.methods.base import PromptMethod, build_method
@@ -337,8 +337,8 @@ def backbone_for(meta: dict[str, Any], device: str = "cpu") -> Backbone:
 
 
 def _describe(ident: dict[str, Any]) -> str:
-    text = f"{ident.get('name')} ({ident.get('pretrained') or 'random weights'})"
-    return text + (f" weights {ident['weights_hash'][:12]}" if ident.get("weights_hash") else "")
+    text = describe_identity(ident)
+    return text + (f" weights {ident['weights_hash'][:12]}" if ident.get("weights_hash") and "weights" not in text else "")
 
 
 def load_prompt(
