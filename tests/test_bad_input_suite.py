@@ -576,8 +576,9 @@ def test_read_only_output_folder_is_one_error_line_before_any_work(env, folder, 
         run = {"python": sys.executable, "cwd": str(tmp_path), "env": dict(os.environ)}
         if os.geteuid() == 0:
             run = _as_nobody(base)
-            if run is None:
-                pytest.skip("running as root and no Python that user nobody can run")
+            if run is None or subprocess.run([run["python"], "-c", "import torch, vlprompt.cli"], capture_output=True,
+                                             user=65534, group=65534, env=run["env"], cwd="/", timeout=300).returncode:
+                pytest.skip("running as root and no Python with torch that user nobody can run")
         python = run.pop("python")
         run["env"] = {**run["env"], "VLPROMPT_CACHE": str(base / "cache"), "OMP_NUM_THREADS": "1"}
         pics = base / "pics"
@@ -592,6 +593,27 @@ def test_read_only_output_folder_is_one_error_line_before_any_work(env, folder, 
     finally:
         os.chmod(base / "ro", 0o755)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_read_only_json_folder_in_process(env, folder, tmp_path, capsys, monkeypatch):
+    """The same through `main`, with the folder refusing writes as a read-only file system does (EROFS):
+    the results are printed and the write is one error line naming the file."""
+    import errno
+    import tempfile
+
+    target = tmp_path / "ro" / "r.json"
+    target.parent.mkdir()
+    mkstemp = tempfile.mkstemp
+
+    def refuse(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == target.parent:
+            raise OSError(errno.EROFS, "Read-only file system", str(dir))
+        return mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    code, err, out = run_cli([*EVAL, "--dataset", f"folder:{folder}", "--json", str(target)], capsys)
+    one_error_line(code, err, f"cannot write {target}: Read-only file system")
+    assert "top1" in out or "%" in out or out.strip()  # the table was printed before the write failed
 
 
 def test_too_long_a_prompt_counts_the_tokens_before_truncation(tiny_vit):
