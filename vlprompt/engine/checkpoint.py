@@ -8,7 +8,6 @@ identity, so resuming against another backbone or other classes fails with a cle
 from __future__ import annotations
 
 import io
-
 import random
 from pathlib import Path
 from typing import Any
