@@ -414,55 +414,58 @@ sys.exit(main({argv!r}))
 """
 
 
-def test_kill_9_during_training_then_resume_is_bit_exact(env, trained, tmp_path, capsys):
-    """A run killed by SIGKILL after epoch 3 of 6, resumed (the dead run's lock is taken over), gives the
-    tensors of an uninterrupted run, bit for bit."""
+def _stopped(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    except (OSError, IndexError):
+        return False
+
+
+def test_concurrent_run_refused_then_kill_9_and_resume_is_bit_exact(env, trained, tmp_path, capsys):
+    """A run pauses (SIGSTOP) right after epoch 3 of 6: a second run on its folder is refused naming its
+    pid, even with --overwrite. Then it is killed (SIGKILL): a plain rerun is refused (an unfinished
+    run), `--resume` takes the dead run's lock over and gives the tensors of an uninterrupted run, bit
+    for bit."""
     argv = [*TRAIN[:3], "protocol.shots=1", "train.epochs=6"]
-    killed = tmp_path / "killed"
-    child = _child(KILL_AFTER_EPOCH.format(epoch=3, signal=int(signal.SIGKILL), argv=[*argv, f"output_dir={killed}"]), env)
-    child.communicate(timeout=300)
+    run = tmp_path / "run"
+    child = _child(KILL_AFTER_EPOCH.format(epoch=3, signal=int(signal.SIGSTOP), argv=[*argv, f"output_dir={run}"]), env)
+    try:
+        deadline = time.time() + 240
+        while not _stopped(child.pid) and child.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert _stopped(child.pid), child.poll()
+        code, err, _ = run_cli([*argv, f"output_dir={run}"], capsys)
+        one_error_line(code, err, f"in use by pid {child.pid}", str(run))
+        code, err, _ = run_cli([*argv, f"output_dir={run}", "--overwrite"], capsys)
+        one_error_line(code, err, f"in use by pid {child.pid}")
+        assert (run / "last.pt").exists() and not (run / "experiment.json").exists()
+    finally:
+        child.kill()  # kill -9
+        child.communicate(timeout=60)
     assert child.returncode == -signal.SIGKILL
-    assert (killed / ".lock").exists() and not (killed / "prompt.safetensors").exists()
-    code, err, _ = run_cli([*argv, f"output_dir={killed}"], capsys)  # not without --resume
-    one_error_line(code, err, str(killed), "unfinished run", "--resume")
-    code, err, _ = run_cli([*argv, f"output_dir={killed}", "--resume"], capsys)
+    assert (run / ".lock").exists() and not (run / "prompt.safetensors").exists()
+    code, err, _ = run_cli([*argv, f"output_dir={run}"], capsys)  # not without --resume
+    one_error_line(code, err, str(run), "unfinished run", "--resume")
+    code, err, _ = run_cli([*argv, f"output_dir={run}", "--resume"], capsys)
     assert code == 0, err
     code, err, _ = run_cli([*argv, f"output_dir={tmp_path / 'whole'}"], capsys)
     assert code == 0, err
-    resumed, whole = _tensors(killed / "prompt.safetensors"), _tensors(tmp_path / "whole" / "prompt.safetensors")
+    resumed, whole = _tensors(run / "prompt.safetensors"), _tensors(tmp_path / "whole" / "prompt.safetensors")
     assert resumed.keys() == whole.keys() and all(resumed[k].equal(whole[k]) for k in whole)
-    lines = (killed / "metrics.jsonl").read_text().splitlines()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4, 5, 6]
-    assert not (killed / ".lock").exists()
-
-
-def test_concurrent_run_on_one_folder_is_refused_naming_the_holder(env, trained, tmp_path, capsys):
-    argv = [*TRAIN[:3], "protocol.shots=1", "train.epochs=3", f"output_dir={tmp_path / 'run'}"]
-    child = _child(KILL_AFTER_EPOCH.format(epoch=1, signal=int(signal.SIGSTOP), argv=argv), env)
-    try:
-        deadline = time.time() + 240
-        while not (tmp_path / "run" / "last.pt").exists() and time.time() < deadline:
-            time.sleep(0.2)
-        code, err, _ = run_cli(argv, capsys)
-        one_error_line(code, err, f"in use by pid {child.pid}", str(tmp_path / "run"))
-        code, err, _ = run_cli([*argv, "--overwrite"], capsys)  # not even with --overwrite
-        one_error_line(code, err, f"in use by pid {child.pid}")
-        assert (tmp_path / "run" / "last.pt").exists() and not (tmp_path / "run" / "experiment.json").exists()
-    finally:
-        child.kill()
-        child.communicate(timeout=60)
+    assert not (run / ".lock").exists()
 
 
 KILL_DURING_CACHE_WRITE = """
-import os, signal, sys, time
-import safetensors.torch
-from vlprompt.engine import cache
-def half_then_die(tensors, path, metadata=None):
-    with open(path, "wb") as out:
-        out.write(b"\\0" * 100)
-        out.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
-cache.save_file = half_then_die
+import os, signal, sys, pathlib
+write_bytes = pathlib.Path.write_bytes
+def half_then_die(self, data):
+    if self.name.startswith(".shard-") and self.name.endswith(".tmp"):  # a cache shard's temporary
+        write_bytes(self, bytes(data)[:100])
+        os.kill(os.getpid(), signal.SIGKILL)
+    return write_bytes(self, data)
+pathlib.Path.write_bytes = half_then_die
 from vlprompt.cli import main
 sys.exit(main({argv!r}))
 """
@@ -483,7 +486,7 @@ def test_kill_9_during_the_cache_build_then_a_clean_rebuild(env, tmp_path, capsy
     child.communicate(timeout=300)
     assert child.returncode == -signal.SIGKILL
     temps = list((cache / "features").rglob("*.tmp"))
-    assert len(temps) == 1 and temps[0].stat().st_size == 100
+    assert len(temps) == 1 and temps[0].stat().st_size == 100  # a partly written shard
     old = time.time() - 2 * paths.STALE_TEMP_AGE
     os.utime(temps[0], (old, old))
     paths._swept_folders.clear()
