@@ -276,6 +276,8 @@ CONFIG_CASES = [
     Case("config base missing", ["train", "--config", "{d}/c.yaml"], ("config file not found", "nope.yaml"),
          _write("c.yaml", "base: nope.yaml\n")),
     Case("finished run folder", [*TRAIN, "output_dir={d}/out"], ("{d}/out", "--resume", "--overwrite"), _finished_run),
+    Case("output_dir under a file", [*TRAIN, "output_dir={d}/f.txt/run"], ("cannot create the run folder", "{d}/f.txt/run"),
+         _write("f.txt", "x")),
     Case("resume and overwrite", [*TRAIN, "output_dir={d}/out", "--resume", "--overwrite"], ("--resume", "--overwrite")),
 ]
 
@@ -617,6 +619,13 @@ def test_read_only_json_folder_in_process(env, folder, tmp_path, capsys, monkeyp
     code, err, out = run_cli([*EVAL, "--dataset", f"folder:{folder}", "--json", str(target)], capsys)
     one_error_line(code, err, f"cannot write {target}: Read-only file system")
     assert "top1" in out or "%" in out or out.strip()  # the table was printed before the write failed
+
+
+def test_unusable_cache_folder_is_one_error_line(env, folder, tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("VLPROMPT_CACHE", str(tmp_path / "file"))
+    code, err, _ = run_cli([*TRAIN, f"output_dir={tmp_path / 'run'}"], capsys)
+    one_error_line(code, err, f"cannot use the cache folder {tmp_path / 'file'}", "VLPROMPT_CACHE")
 
 
 def test_too_long_a_prompt_counts_the_tokens_before_truncation(tiny_vit):

@@ -88,7 +88,14 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
-    warnings.formatwarning = _one_line_warning
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
+    try:
+        return _run_command(args)
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         args.run(args)
     except VLPromptError as exc:

@@ -26,7 +26,12 @@ def cache_dir(*parts: str) -> Path:
         os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "vlprompt"
     )
     path = Path(root).joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file in the way, no permission, a read-only file system
+        raise VLPromptError(
+            f"cannot use the cache folder {path}: {error.strerror or error} (set ${CACHE_ENV} to a writable folder)"
+        ) from None
     return path
 
 
