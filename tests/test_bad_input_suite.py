@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlprompt.cli import main
+from vlprompt.cli import _one_line_warning, main
 
 TRAIN = ["train", "--config", "experiments/world_coop.yaml", "protocol.shots=1", "train.epochs=2"]
 EVAL = ["eval", "--backbone", "vlprompt-test-vit", "--pretrained", "none", "--device", "cpu", "--batch-size", "8"]
@@ -602,7 +602,7 @@ def test_read_only_output_folder_is_one_error_line_before_any_work(env, folder, 
 
 def test_read_only_json_folder_in_process(env, folder, tmp_path, capsys, monkeypatch):
     """The same through `main`, with the folder refusing writes as a read-only file system does (EROFS):
-    the results are printed and the write is one error line naming the file."""
+    the write is one error line naming the file."""
     import errno
     import tempfile
 
@@ -618,7 +618,32 @@ def test_read_only_json_folder_in_process(env, folder, tmp_path, capsys, monkeyp
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
     code, err, out = run_cli([*EVAL, "--dataset", f"folder:{folder}", "--json", str(target)], capsys)
     one_error_line(code, err, f"cannot write {target}: Read-only file system")
-    assert "top1" in out or "%" in out or out.strip()  # the table was printed before the write failed
+
+
+def test_one_folder_per_run_even_when_named_train_output_dir(env, trained, tmp_path, capsys):
+    """train.output_dir used to move only the trainer's files (the prompt, experiment.json and split files
+    went to runs/...): it names the run's one folder now, and the run's lock is gone when it ends."""
+    code, err, _ = run_cli([*TRAIN, f"train.output_dir={tmp_path / 'x'}"], capsys)
+    assert code == 0, err
+    names = sorted(p.name for p in (tmp_path / "x").iterdir())
+    assert names == ["experiment.json", "last.pt", "metrics.jsonl", "prompt.json", "prompt.safetensors", "result.json",
+                     "splits"]
+    assert json.loads((tmp_path / "x" / "experiment.json").read_text())["output_dir"] == str(tmp_path / "x")
+    assert not (env / "runs").exists()
+
+
+def test_long_distinct_class_names_are_warned_about_once(env, tmp_path, capsys):
+    """Cut to the context but still different: evaluated, with one `warning:` line saying so."""
+    rows = ["path,label,classname"]
+    for c in range(2):
+        _png(tmp_path / f"{c}.png", c)
+        rows.append(f"{c}.png,{c},{'cat' if c else 'dog'} {' '.join(['striped'] * 80)}")
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    with pytest.warns(UserWarning, match=r"^2 class name\(s\) make prompts longer than the text tower's") as caught:
+        code, err, out = run_cli([*EVAL, "--dataset", f"csv:{tmp_path / 'data.csv'}"], capsys)
+    assert code == 0 and "error" not in err, err
+    assert len(caught) == 1
+    assert _one_line_warning(caught[0].message, UserWarning, "f.py", 1) == f"warning: {caught[0].message}\n"
 
 
 def test_unusable_cache_folder_is_one_error_line(env, folder, tmp_path, capsys, monkeypatch):
