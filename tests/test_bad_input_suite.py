@@ -602,7 +602,7 @@ def test_read_only_output_folder_is_one_error_line_before_any_work(env, folder, 
 
 def test_read_only_json_folder_in_process(env, folder, tmp_path, capsys, monkeypatch):
     """The same through `main`, with the folder refusing writes as a read-only file system does (EROFS):
-    the write is one error line naming the file."""
+    one error line naming the file, before any work (nothing is evaluated and then lost)."""
     import errno
     import tempfile
 
@@ -618,6 +618,7 @@ def test_read_only_json_folder_in_process(env, folder, tmp_path, capsys, monkeyp
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
     code, err, out = run_cli([*EVAL, "--dataset", f"folder:{folder}", "--json", str(target)], capsys)
     one_error_line(code, err, f"cannot write {target}: Read-only file system")
+    assert out == ""  # refused before the evaluation
 
 
 def test_one_folder_per_run_even_when_named_train_output_dir(env, trained, tmp_path, capsys):

@@ -127,6 +127,25 @@ def _concerns(error: OSError, paths: tuple[Path, ...]) -> bool:
     return error.filename is None or any(os.fspath(error.filename) == os.fspath(p) for p in paths)
 
 
+def check_writable(final: str | os.PathLike) -> None:
+    """Fail now, with `atomic_path`'s one line, if `final` could not be written later (a read-only or
+    forbidden folder, a directory in the way), so that no work is done for results that would be lost."""
+    final = Path(final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _write_error(final, final, error) from None
+    target, in_place = _write_target(final)
+    if in_place:  # a device or FIFO: opened when written (opening a FIFO now would block)
+        return
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
+    except OSError as error:
+        raise _write_error(final, target, error) from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it into place only if the block succeeds.
