@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlprompt.cli import main
+from vlprompt.cli import _one_line_warning, main
 
 TRAIN = ["train", "--config", "experiments/world_coop.yaml", "protocol.shots=1", "train.epochs=2"]
 EVAL = ["eval", "--backbone", "vlprompt-test-vit", "--pretrained", "none", "--device", "cpu", "--batch-size", "8"]
@@ -276,6 +276,8 @@ CONFIG_CASES = [
     Case("config base missing", ["train", "--config", "{d}/c.yaml"], ("config file not found", "nope.yaml"),
          _write("c.yaml", "base: nope.yaml\n")),
     Case("finished run folder", [*TRAIN, "output_dir={d}/out"], ("{d}/out", "--resume", "--overwrite"), _finished_run),
+    Case("output_dir under a file", [*TRAIN, "output_dir={d}/f.txt/run"], ("cannot create the run folder", "{d}/f.txt/run"),
+         _write("f.txt", "x")),
     Case("resume and overwrite", [*TRAIN, "output_dir={d}/out", "--resume", "--overwrite"], ("--resume", "--overwrite")),
 ]
 
@@ -414,55 +416,58 @@ sys.exit(main({argv!r}))
 """
 
 
-def test_kill_9_during_training_then_resume_is_bit_exact(env, trained, tmp_path, capsys):
-    """A run killed by SIGKILL after epoch 3 of 6, resumed (the dead run's lock is taken over), gives the
-    tensors of an uninterrupted run, bit for bit."""
+def _stopped(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    except (OSError, IndexError):
+        return False
+
+
+def test_concurrent_run_refused_then_kill_9_and_resume_is_bit_exact(env, trained, tmp_path, capsys):
+    """A run pauses (SIGSTOP) right after epoch 3 of 6: a second run on its folder is refused naming its
+    pid, even with --overwrite. Then it is killed (SIGKILL): a plain rerun is refused (an unfinished
+    run), `--resume` takes the dead run's lock over and gives the tensors of an uninterrupted run, bit
+    for bit."""
     argv = [*TRAIN[:3], "protocol.shots=1", "train.epochs=6"]
-    killed = tmp_path / "killed"
-    child = _child(KILL_AFTER_EPOCH.format(epoch=3, signal=int(signal.SIGKILL), argv=[*argv, f"output_dir={killed}"]), env)
-    child.communicate(timeout=300)
+    run = tmp_path / "run"
+    child = _child(KILL_AFTER_EPOCH.format(epoch=3, signal=int(signal.SIGSTOP), argv=[*argv, f"output_dir={run}"]), env)
+    try:
+        deadline = time.time() + 240
+        while not _stopped(child.pid) and child.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert _stopped(child.pid), child.poll()
+        code, err, _ = run_cli([*argv, f"output_dir={run}"], capsys)
+        one_error_line(code, err, f"in use by pid {child.pid}", str(run))
+        code, err, _ = run_cli([*argv, f"output_dir={run}", "--overwrite"], capsys)
+        one_error_line(code, err, f"in use by pid {child.pid}")
+        assert (run / "last.pt").exists() and not (run / "experiment.json").exists()
+    finally:
+        child.kill()  # kill -9
+        child.communicate(timeout=60)
     assert child.returncode == -signal.SIGKILL
-    assert (killed / ".lock").exists() and not (killed / "prompt.safetensors").exists()
-    code, err, _ = run_cli([*argv, f"output_dir={killed}"], capsys)  # not without --resume
-    one_error_line(code, err, str(killed), "unfinished run", "--resume")
-    code, err, _ = run_cli([*argv, f"output_dir={killed}", "--resume"], capsys)
+    assert (run / ".lock").exists() and not (run / "prompt.safetensors").exists()
+    code, err, _ = run_cli([*argv, f"output_dir={run}"], capsys)  # not without --resume
+    one_error_line(code, err, str(run), "unfinished run", "--resume")
+    code, err, _ = run_cli([*argv, f"output_dir={run}", "--resume"], capsys)
     assert code == 0, err
     code, err, _ = run_cli([*argv, f"output_dir={tmp_path / 'whole'}"], capsys)
     assert code == 0, err
-    resumed, whole = _tensors(killed / "prompt.safetensors"), _tensors(tmp_path / "whole" / "prompt.safetensors")
+    resumed, whole = _tensors(run / "prompt.safetensors"), _tensors(tmp_path / "whole" / "prompt.safetensors")
     assert resumed.keys() == whole.keys() and all(resumed[k].equal(whole[k]) for k in whole)
-    lines = (killed / "metrics.jsonl").read_text().splitlines()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4, 5, 6]
-    assert not (killed / ".lock").exists()
-
-
-def test_concurrent_run_on_one_folder_is_refused_naming_the_holder(env, trained, tmp_path, capsys):
-    argv = [*TRAIN[:3], "protocol.shots=1", "train.epochs=3", f"output_dir={tmp_path / 'run'}"]
-    child = _child(KILL_AFTER_EPOCH.format(epoch=1, signal=int(signal.SIGSTOP), argv=argv), env)
-    try:
-        deadline = time.time() + 240
-        while not (tmp_path / "run" / "last.pt").exists() and time.time() < deadline:
-            time.sleep(0.2)
-        code, err, _ = run_cli(argv, capsys)
-        one_error_line(code, err, f"in use by pid {child.pid}", str(tmp_path / "run"))
-        code, err, _ = run_cli([*argv, "--overwrite"], capsys)  # not even with --overwrite
-        one_error_line(code, err, f"in use by pid {child.pid}")
-        assert (tmp_path / "run" / "last.pt").exists() and not (tmp_path / "run" / "experiment.json").exists()
-    finally:
-        child.kill()
-        child.communicate(timeout=60)
+    assert not (run / ".lock").exists()
 
 
 KILL_DURING_CACHE_WRITE = """
-import os, signal, sys, time
-import safetensors.torch
-from vlprompt.engine import cache
-def half_then_die(tensors, path, metadata=None):
-    with open(path, "wb") as out:
-        out.write(b"\\0" * 100)
-        out.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
-cache.save_file = half_then_die
+import os, signal, sys, pathlib
+write_bytes = pathlib.Path.write_bytes
+def half_then_die(self, data):
+    if self.name.startswith(".shard-") and self.name.endswith(".tmp"):  # a cache shard's temporary
+        write_bytes(self, bytes(data)[:100])
+        os.kill(os.getpid(), signal.SIGKILL)
+    return write_bytes(self, data)
+pathlib.Path.write_bytes = half_then_die
 from vlprompt.cli import main
 sys.exit(main({argv!r}))
 """
@@ -483,7 +488,7 @@ def test_kill_9_during_the_cache_build_then_a_clean_rebuild(env, tmp_path, capsy
     child.communicate(timeout=300)
     assert child.returncode == -signal.SIGKILL
     temps = list((cache / "features").rglob("*.tmp"))
-    assert len(temps) == 1 and temps[0].stat().st_size == 100
+    assert len(temps) == 1 and temps[0].stat().st_size == 100  # a partly written shard
     old = time.time() - 2 * paths.STALE_TEMP_AGE
     os.utime(temps[0], (old, old))
     paths._swept_folders.clear()
@@ -576,8 +581,9 @@ def test_read_only_output_folder_is_one_error_line_before_any_work(env, folder, 
         run = {"python": sys.executable, "cwd": str(tmp_path), "env": dict(os.environ)}
         if os.geteuid() == 0:
             run = _as_nobody(base)
-            if run is None:
-                pytest.skip("running as root and no Python that user nobody can run")
+            if run is None or subprocess.run([run["python"], "-c", "import torch, vlprompt.cli"], capture_output=True,
+                                             user=65534, group=65534, env=run["env"], cwd="/", timeout=300).returncode:
+                pytest.skip("running as root and no Python with torch that user nobody can run")
         python = run.pop("python")
         run["env"] = {**run["env"], "VLPROMPT_CACHE": str(base / "cache"), "OMP_NUM_THREADS": "1"}
         pics = base / "pics"
@@ -592,6 +598,60 @@ def test_read_only_output_folder_is_one_error_line_before_any_work(env, folder, 
     finally:
         os.chmod(base / "ro", 0o755)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_read_only_json_folder_in_process(env, folder, tmp_path, capsys, monkeypatch):
+    """The same through `main`, with the folder refusing writes as a read-only file system does (EROFS):
+    one error line naming the file, before any work (nothing is evaluated and then lost)."""
+    import errno
+    import tempfile
+
+    target = tmp_path / "ro" / "r.json"
+    target.parent.mkdir()
+    mkstemp = tempfile.mkstemp
+
+    def refuse(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == target.parent:
+            raise OSError(errno.EROFS, "Read-only file system", str(dir))
+        return mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    code, err, out = run_cli([*EVAL, "--dataset", f"folder:{folder}", "--json", str(target)], capsys)
+    one_error_line(code, err, f"cannot write {target}: Read-only file system")
+    assert out == ""  # refused before the evaluation
+
+
+def test_one_folder_per_run_even_when_named_train_output_dir(env, trained, tmp_path, capsys):
+    """train.output_dir used to move only the trainer's files (the prompt, experiment.json and split files
+    went to runs/...): it names the run's one folder now, and the run's lock is gone when it ends."""
+    code, err, _ = run_cli([*TRAIN, f"train.output_dir={tmp_path / 'x'}"], capsys)
+    assert code == 0, err
+    names = sorted(p.name for p in (tmp_path / "x").iterdir())
+    assert names == ["experiment.json", "last.pt", "metrics.jsonl", "prompt.json", "prompt.safetensors", "result.json",
+                     "splits"]
+    assert json.loads((tmp_path / "x" / "experiment.json").read_text())["output_dir"] == str(tmp_path / "x")
+    assert not (env / "runs").exists()
+
+
+def test_long_distinct_class_names_are_warned_about_once(env, tmp_path, capsys):
+    """Cut to the context but still different: evaluated, with one `warning:` line saying so."""
+    rows = ["path,label,classname"]
+    for c in range(2):
+        _png(tmp_path / f"{c}.png", c)
+        rows.append(f"{c}.png,{c},{'cat' if c else 'dog'} {' '.join(['striped'] * 80)}")
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    with pytest.warns(UserWarning, match=r"^2 class name\(s\) make prompts longer than the text tower's") as caught:
+        code, err, out = run_cli([*EVAL, "--dataset", f"csv:{tmp_path / 'data.csv'}"], capsys)
+    assert code == 0 and "error" not in err, err
+    assert len(caught) == 1
+    assert _one_line_warning(caught[0].message, UserWarning, "f.py", 1) == f"warning: {caught[0].message}\n"
+
+
+def test_unusable_cache_folder_is_one_error_line(env, folder, tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("VLPROMPT_CACHE", str(tmp_path / "file"))
+    code, err, _ = run_cli([*TRAIN, f"output_dir={tmp_path / 'run'}"], capsys)
+    one_error_line(code, err, f"cannot use the cache folder {tmp_path / 'file'}", "VLPROMPT_CACHE")
 
 
 def test_too_long_a_prompt_counts_the_tokens_before_truncation(tiny_vit):

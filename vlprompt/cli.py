@@ -25,7 +25,8 @@ from vlprompt.threads import set_requested
 
 # OSErrors that describe the user's files or disk, not a bug: one `error:` line, exit 2.
 _EXPECTED_OS_ERRORS = (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
-_EXPECTED_ERRNOS = {errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_EXPECTED_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EFBIG, errno.EACCES, errno.ENAMETOOLONG, errno.ELOOP,
+                    getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -88,7 +89,14 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
-    warnings.formatwarning = _one_line_warning
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
+    try:
+        return _run_command(args)
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         set_requested(getattr(args, "threads", None))
         args.run(args)
@@ -114,7 +122,7 @@ def describe_os_error(exc: OSError) -> str:
     reason = exc.strerror or str(exc) or type(exc).__name__
     files = [f for f in (exc.filename, exc.filename2) if f is not None]
     where = " -> ".join(os.fsdecode(f) if isinstance(f, (str, bytes, os.PathLike)) else str(f) for f in files)
-    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+    if exc.errno in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)):
         reason += " (free some space, or point $VLPROMPT_CACHE / the output directory elsewhere)"
     return f"{reason}: {where}" if where else reason
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from vlprompt.backbones import Backbone, load_backbone
 from vlprompt.config import ExperimentConfig
+from vlprompt.devices import check_device_available
 from vlprompt.engine.cache import FeatureCache
 from vlprompt.engine.fit import fit_method
 from vlprompt.engine.logging import write_json
@@ -62,6 +63,9 @@ def run_experiment(
 def _run(config: ExperimentConfig, resume: bool, backbone: Backbone | None, train: bool, prompt: str | Path | None,
          cache: FeatureCache | None) -> dict[str, Any]:
     started = time.perf_counter()
+    for device, where in ((config.train.device, "train.device"), (config.backbone.device, "backbone.device")):
+        if device != "auto":  # a missing GPU is one line before any folder or model is made
+            check_device_available(device, where)
     task = TASKS.get(config.task)
     plan = task.plan(config)  # the data first: a missing dataset fails before a backbone download
     backbone = backbone or load_backbone(config.backbone.name, config.backbone.pretrained, config.backbone.device)

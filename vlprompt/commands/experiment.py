@@ -49,6 +49,10 @@ def _eval_command(sub: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> None:
         from vlprompt import api
         from vlprompt.engine.zero_shot import format_results_table
+        from vlprompt.paths import check_writable
+
+        if args.json:  # an unwritable --json target fails before the evaluation, not after it
+            check_writable(args.json)
 
         results = api.evaluate(
             datasets=args.dataset,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.backbones.weights import state_dict_hash
@@ -272,8 +272,10 @@ class FeatureCache:
         shard = folder / f"shard-{digest}.safetensors"
         with atomic_path(shard) as tmp:
             features = features.contiguous()
-            save_file({"features": features}, str(tmp),
-                      metadata={"keys": json.dumps(names), "sha256": features_sha256(features)})
+            # serialised in memory, then one plain write: a full disk is an OSError that atomic_path
+            # reports as one line (safetensors' own writer raises its own error type)
+            tmp.write_bytes(save({"features": features},
+                                 metadata={"keys": json.dumps(names), "sha256": features_sha256(features)}))
         index = self._indexes.setdefault(folder, {})
         self._seen.setdefault(folder, set()).add(shard)
         for row, name in enumerate(names):

@@ -17,26 +17,29 @@ from vlprompt.prompts.templates import ClassDescriptions, fill_templates
 
 def check_truncation(backbone: Backbone, classnames: Sequence[str], prompts: Sequence[str], per_class: int) -> None:
     """Warn when prompts are cut to the text tower's context length, and refuse when the cut makes
-    two classes' prompts identical (they would get identical features: a silent wrong answer)."""
-    tokens = backbone.tokenize(list(prompts))
-    eot = backbone.eot_index(tokens)
-    cut = [i for i, e in enumerate(eot.tolist()) if e >= tokens.shape[1] - 1]
-    if not cut:
+    two classes' prompts identical (they would get identical features: a silent wrong answer).
+
+    Cheap: a token covers at least one byte, so only prompts of at least L - 2 bytes are tokenized."""
+    length = backbone.tokenize([""]).shape[1]
+    candidates = [i for i, prompt in enumerate(prompts) if len(prompt.encode()) >= length - 2]
+    if not candidates:
         return
-    length = tokens.shape[1]
+    eot = backbone.eot_index(backbone.tokenize([prompts[i] for i in candidates]))
+    cut_classes = sorted({candidates[k] // per_class for k, e in enumerate(eot.tolist()) if e >= length - 1})
+    if not cut_classes:
+        return
     rows: dict[tuple, int] = {}
-    for c in range(len(classnames)):
-        key = tuple(tuple(row.tolist()) for row in tokens[c * per_class:(c + 1) * per_class])
-        other = rows.setdefault(key, c)
+    for c in cut_classes:
+        tokens = backbone.tokenize(list(prompts[c * per_class:(c + 1) * per_class]))
+        other = rows.setdefault(tuple(tuple(row.tolist()) for row in tokens), c)
         if other != c and classnames[other] != classnames[c]:
             raise VLPromptError(
                 f"class names {classnames[other]!r:.80} and {classnames[c]!r:.80} give identical prompts once cut to the "
                 f"text tower's {length} tokens: they would get identical features. Shorten the class names"
             )
-    names = sorted({classnames[i // per_class] for i in cut})
     warnings.warn(
-        f"{len(names)} class name(s) make prompts longer than the text tower's {length} tokens and are cut "
-        f"(e.g. {names[0]!r:.80})", stacklevel=3,
+        f"{len(cut_classes)} class name(s) make prompts longer than the text tower's {length} tokens and are cut "
+        f"(e.g. {classnames[cut_classes[0]]!r:.80})", stacklevel=3,
     )
 
 

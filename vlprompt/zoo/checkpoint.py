@@ -17,6 +17,7 @@ self-contained ``.safetensors``), a folder in Hub layout (``vlprompt_model.safet
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 import vlprompt
 from vlprompt.backbones.base import Backbone, describe_identity
@@ -164,7 +165,7 @@ def write_prompt_files(
     text = json.dumps(meta, indent=2, default=str)
     header = {"format": "pt", "method": str(meta.get("method")), HEADER_KEY: json.dumps(meta, default=str)}
     with atomic_path(tensors_path) as tmp:
-        save_file(tensors, str(tmp), metadata=header)
+        tmp.write_bytes(save(tensors, metadata=header))  # in memory, then a plain write (see atomic_path)
     if config_path is not None:
         with atomic_path(config_path) as tmp:
             tmp.write_text(text)
@@ -429,7 +430,9 @@ def export_classifier(
     if out is not None:
         out = Path(out)
         with atomic_path(out) as tmp:
-            torch.save(classifier, tmp)
+            buffer = io.BytesIO()
+            torch.save(classifier, buffer)
+            tmp.write_bytes(buffer.getbuffer())
         with atomic_path(out.with_suffix(".classnames.txt")) as tmp:
             tmp.write_text("".join(f"{name}\n" for name in method.classnames), encoding="utf-8")
         info = {
