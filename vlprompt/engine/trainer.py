@@ -35,7 +35,7 @@ from vlprompt.engine.checkpoint import (
     set_rng_state,
 )
 from vlprompt.engine.evaluate import evaluate_method
-from vlprompt.engine.logging import MetricsLog, progress_bar, write_json
+from vlprompt.engine.logging import MetricsLog, PlainProgress, on_terminal, progress_bar, write_json
 from vlprompt.engine.optim import LRSchedule, build_optimizer
 from vlprompt.engine.precision import Precision, resolve_precision
 from vlprompt.engine.train_config import TrainConfig
@@ -146,8 +146,12 @@ class Trainer:
             self.cache.get(self.backbone, list(val_items), self.backbone.eval_transform, across_ranks=True)
         started = time.perf_counter()
         last_eval: dict[str, Any] | None = None
+        # not on a terminal and progress asked for (cfg.progress true): a plain line every 10 s or so
+        lines = PlainProgress("  epoch", cfg.epochs) if cfg.progress and self.env.is_main and not on_terminal() else None
         for epoch in range(start_epoch, cfg.epochs):
             record = self._run_epoch(epoch, model, data, optimizer, scaler, schedule, precision, params)
+            if lines is not None:
+                lines.update(epoch + 1, f"loss {record.get('loss', float('nan')):.4f}")
             is_last = epoch + 1 == cfg.epochs
             if val_items and (is_last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
                 last_eval = self._evaluate(val_items)
