@@ -49,8 +49,9 @@ class PlainProgress:
 def progress_bar(
     iterable: Iterable[T], desc: str, enabled: bool | None = None, total: int | None = None, leave: bool = False
 ) -> Iterator[T]:
-    """tqdm over `iterable`; `enabled=None` shows it only when stderr is a terminal."""
-    disable = not (sys.stderr.isatty() if enabled is None else enabled)
+    """tqdm over `iterable`, only on a terminal (a redrawn bar in a pipe or log is noise; long loops print
+    `PlainProgress` lines there instead); `enabled=False` hides it everywhere."""
+    disable = enabled is False or not on_terminal()
     return iter(tqdm(iterable, desc=desc, disable=disable, total=total, leave=leave, dynamic_ncols=True))
 
 
