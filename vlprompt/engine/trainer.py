@@ -39,7 +39,7 @@ from vlprompt.engine.logging import MetricsLog, PlainProgress, on_terminal, prog
 from vlprompt.engine.optim import LRSchedule, build_optimizer
 from vlprompt.engine.precision import Precision, resolve_precision
 from vlprompt.engine.train_config import TrainConfig
-from vlprompt.engine.views import ItemLike, SeededImages, item_fingerprint, stable_seed
+from vlprompt.engine.views import ItemLike, SeededImages, augmentation_identity, stable_seed
 from vlprompt.errors import VLPromptError
 from vlprompt.methods.base import PromptMethod
 
@@ -233,7 +233,7 @@ class Trainer:
         """Cached features [V, N, D] on the device, or what the image loader needs."""
         labels = torch.tensor([int(item.label) for item in items], dtype=torch.long)
         if self.method.needs_images:
-            return {"labels": labels, "items": items, "fingerprints": [item_fingerprint(i.path) for i in items]}
+            return {"labels": labels, "items": items, "fingerprints": [augmentation_identity(i.path) for i in items]}
         views = self.config.augment_views
         transform = self.backbone.train_transform if views else self.backbone.eval_transform
         # Under torchrun the ranks share the encoding of missing features (a collective call).
