@@ -119,3 +119,22 @@ def test_image_precision_is_part_of_the_key(tiny_vit, monkeypatch, tmp_path):
     fp32 = cache.folder(tiny_vit, tiny_vit.eval_transform)
     monkeypatch.setattr(cache_module, "image_precision", lambda device: "bf16")
     assert cache.folder(tiny_vit, tiny_vit.eval_transform) != fp32
+
+
+def test_augmented_views_are_the_same_in_every_copy_of_the_data(tiny_vit, items, tmp_path):
+    """Augmentation seeds come from folder/name + size, not the absolute path and mtime: a copy of the
+    dataset elsewhere, written later (a fresh clone regenerating the world), gets the same views."""
+    import shutil
+
+    from vlprompt.data.classification import Item
+
+    copy_root = tmp_path / "elsewhere" / "images"
+    shutil.copytree(tmp_path / "images", copy_root)
+    copies = [Item(copy_root / os.path.relpath(i.path, tmp_path / "images"), i.label, i.classname) for i in items]
+    for item in copies:
+        os.utime(item.path, (1_000_000_000, 1_000_000_000))
+    transform = tiny_vit.train_transform
+    first = FeatureCache(root=tmp_path / "cache-a").get(tiny_vit, items, transform, views=2)
+    second = FeatureCache(root=tmp_path / "cache-b").get(tiny_vit, copies, transform, views=2)
+    assert torch.equal(first, second)
+    assert not torch.equal(first[0], first[1])  # the views are augmented, not all equal

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,9 +139,10 @@ def is_complete(folder: Path, seed: int) -> bool:
 
 
 def write_world_datasets(
-    root: Path | str, seed: int = 0, force: bool = False, names: Sequence[str] = WORLD_DATASETS
+    root: Path | str, seed: int = 0, force: bool = False, names: Sequence[str] = WORLD_DATASETS, log: bool = True
 ) -> dict[str, Path]:
-    """Render the world datasets under `root` (skipping complete ones) and return their folders."""
+    """Render the world datasets under `root` (skipping complete ones) and return their folders; with
+    `log`, a line on stderr before and after each set written."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     out = {}
@@ -151,6 +154,9 @@ def write_world_datasets(
         if not force and is_complete(final, seed):
             continue
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
+        started = time.perf_counter()
+        if log:  # first use takes 20-30 s for all sets: say what is happening
+            print(f"writing the embedded world dataset {name} to {final} (first use) ...", file=sys.stderr, flush=True)
         try:
             rng = np.random.default_rng([seed, index])
             WRITERS[name](tmp, name, rng)
@@ -160,6 +166,8 @@ def write_world_datasets(
                 os.replace(final, old)
                 shutil.rmtree(old)
             os.replace(tmp, final)
+            if log:
+                print(f"  {name}: done [{time.perf_counter() - started:.1f}s]", file=sys.stderr, flush=True)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)

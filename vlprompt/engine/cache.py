@@ -28,11 +28,22 @@ from vlprompt.backbones.weights import state_dict_hash
 from vlprompt.engine import distributed as dist_utils
 from vlprompt.engine.distributed import DistEnv
 from vlprompt.engine.features import encode_normalized, image_batches, image_precision
-from vlprompt.engine.views import ItemLike, SeededImages, describe_transform, item_fingerprint, stable_seed
+from vlprompt.engine.views import (
+    ItemLike,
+    SeededImages,
+    augmentation_identity,
+    describe_transform,
+    item_fingerprint,
+    stable_seed,
+)
 from vlprompt.errors import VLPromptError
 from vlprompt.paths import atomic_path, cache_dir
 
 _WEIGHT_PRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# How augmented views are seeded (`augmentation_identity`: folder/name + size, the same in every copy of
+# the data); part of the key of augmented entries, so views seeded the old way (absolute path + mtime)
+# are not mixed with new ones.
+SEED_SCHEME = "name-size"
 
 
 def backbone_key(backbone: Backbone) -> str:
@@ -100,6 +111,8 @@ class FeatureCache:
     def folder(self, backbone: Backbone, transform: Callable) -> Path:
         """Where entries of this backbone and transform live."""
         text = f"{describe_transform(transform)}|seed={self.seed}"
+        if text.split("|seed=")[0] != describe_transform(backbone.eval_transform):
+            text += f"|seeds={SEED_SCHEME}"  # augmented views: keyed by how their seeds are made
         precision = image_precision(backbone.device)
         if precision != "fp32":  # fp32 keys stay as they were
             text += f"|precision={precision}"
@@ -250,7 +263,7 @@ class FeatureCache:
         (`image_batches`: prefetch thread or workers, ToTensor/Normalize per batch, pinned memory)."""
         if not todo:
             return torch.empty(0, backbone.identity.embed_dim)
-        seeds = _ViewSeed([item_fingerprint(items[n].path) for _, n in todo], [v for v, _ in todo], self.seed)
+        seeds = _ViewSeed([augmentation_identity(items[n].path) for _, n in todo], [v for v, _ in todo], self.seed)
 
         def make_dataset(head: Callable) -> SeededImages:
             return SeededImages([items[n] for _, n in todo], head, seeds)

@@ -1,6 +1,7 @@
 """Run output: tqdm progress, the JSON-lines metrics log and the final result file.
 
-Progress bars only draw on a terminal (logs of batch jobs stay readable); metrics go to
+Progress bars only draw on a terminal (logs of batch jobs stay readable; commands that run long print
+`PlainProgress` lines there instead); metrics go to
 ``metrics.jsonl`` one object per epoch, so a crashed or resumed run leaves a parseable record.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,11 +22,36 @@ from vlprompt.paths import atomic_path
 T = TypeVar("T")
 
 
+def on_terminal() -> bool:
+    """Whether progress goes to a terminal (stderr), where a redrawn bar makes sense."""
+    return sys.stderr.isatty()
+
+
+class PlainProgress:
+    """Progress for pipes and logs: one line per call of `update`, at most every `every` seconds (the
+    last one always), so `vlprompt ... | tee log` gets readable lines instead of a bar's redraws."""
+
+    def __init__(self, desc: str, total: int, every: float = 10.0, stream: Any = None) -> None:
+        self.desc, self.total, self.every = desc, total, every
+        self.stream = stream
+        self.started = time.perf_counter()
+        self._last = -math.inf
+
+    def update(self, done: int, detail: str = "") -> None:
+        now = time.perf_counter()
+        if done < self.total and now - self._last < self.every:
+            return
+        self._last = now
+        text = f"{self.desc} {done}/{self.total}{f' {detail}' if detail else ''} [{now - self.started:.0f}s]"
+        print(text, file=self.stream or sys.stderr, flush=True)
+
+
 def progress_bar(
     iterable: Iterable[T], desc: str, enabled: bool | None = None, total: int | None = None, leave: bool = False
 ) -> Iterator[T]:
-    """tqdm over `iterable`; `enabled=None` shows it only when stderr is a terminal."""
-    disable = not (sys.stderr.isatty() if enabled is None else enabled)
+    """tqdm over `iterable`, only on a terminal (a redrawn bar in a pipe or log is noise; long loops print
+    `PlainProgress` lines there instead); `enabled=False` hides it everywhere."""
+    disable = enabled is False or not on_terminal()
     return iter(tqdm(iterable, desc=desc, disable=disable, total=total, leave=leave, dynamic_ncols=True))
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from vlprompt.data.protocols import harmonic_mean
+from vlprompt.engine.logging import PlainProgress, on_terminal
 from vlprompt.engine.report import SummaryRow, aggregate, write_report
 from vlprompt.engine.runs import RunRecord, RunSpec
 from vlprompt.errors import VLPromptError
@@ -160,8 +161,10 @@ def run_sweep(
     out_dir = Path(out_dir)
     records: list[RunRecord] = []
     specs = grid.specs()
-    with tqdm(specs, desc="sweep", unit="run", disable=not progress) as bar:
-        for spec in bar:
+    # a bar on a terminal; in a pipe or log one plain line per finished run (a bar there is a mess of redraws)
+    lines = PlainProgress("sweep: run", len(specs), every=0.0) if progress and not on_terminal() else None
+    with tqdm(specs, desc="sweep", unit="run", disable=not progress or lines is not None) as bar:
+        for done, spec in enumerate(bar, 1):
             path = result_path(out_dir, spec)
             if path.is_file():
                 records.append(load_result(path, spec))
@@ -170,6 +173,9 @@ def run_sweep(
             start = time.perf_counter()
             stored = _write_result(path, spec, run_one(spec), time.perf_counter() - start)
             records.append(RunRecord(spec, stored["metrics"], stored, path, resumed=False))
+            if lines is not None:
+                numbers = " ".join(f"{k} {v:.2f}" for k, v in stored["metrics"].items() if isinstance(v, (int, float)))
+                lines.update(done, f"{spec.label}: {numbers}")
     summary = aggregate(records)
     files = write_report(summary, out_dir) if report else {}
     return SweepResult(records, summary, files)

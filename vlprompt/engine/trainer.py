@@ -36,12 +36,12 @@ from vlprompt.engine.checkpoint import (
     set_rng_state,
 )
 from vlprompt.engine.evaluate import evaluate_method
-from vlprompt.engine.logging import MetricsLog, progress_bar, write_json
+from vlprompt.engine.logging import MetricsLog, PlainProgress, on_terminal, progress_bar, write_json
 from vlprompt.engine.optim import LRSchedule, build_optimizer
 from vlprompt.engine.precision import Precision, resolve_precision
 from vlprompt.engine.selection import EpochSelector
 from vlprompt.engine.train_config import TrainConfig
-from vlprompt.engine.views import ItemLike, SeededImages, item_fingerprint, stable_seed
+from vlprompt.engine.views import ItemLike, SeededImages, augmentation_identity, stable_seed
 from vlprompt.errors import VLPromptError
 from vlprompt.methods.base import PromptMethod
 
@@ -164,8 +164,12 @@ class Trainer:
             self.cache.get(self.backbone, list(val_items), self.backbone.eval_transform, across_ranks=True)
         started = time.perf_counter()
         last_eval: dict[str, Any] | None = None
+        # not on a terminal and progress asked for (cfg.progress true): a plain line every 10 s or so
+        lines = PlainProgress("  epoch", cfg.epochs) if cfg.progress and self.env.is_main and not on_terminal() else None
         for epoch in range(start_epoch, cfg.epochs):
             record = self._run_epoch(epoch, model, data, optimizer, scaler, schedule, precision, params)
+            if lines is not None:
+                lines.update(epoch + 1, f"loss {record.get('loss', float('nan')):.4f}")
             is_last = epoch + 1 == cfg.epochs
             if val_items and (is_last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
                 last_eval = self._evaluate(val_items)
@@ -260,7 +264,7 @@ class Trainer:
         views = self.config.augment_views
         transform = self._train_transform if views else self.backbone.eval_transform
         if self.method.needs_images:
-            data = {"labels": labels, "items": items, "fingerprints": [item_fingerprint(i.path) for i in items]}
+            data = {"labels": labels, "items": items, "fingerprints": [augmentation_identity(i.path) for i in items]}
             if self.method.frozen_image_features:
                 # the frozen features of exactly the images the method sees: view v of an item is the
                 # cache's view v (same transform, same seed), so the frozen tower never runs in a step

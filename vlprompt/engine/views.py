@@ -41,6 +41,21 @@ def item_fingerprint(path: str | os.PathLike) -> str:
     return f"{path.resolve()}|{stat.st_mtime_ns}|{stat.st_size}"
 
 
+def augmentation_identity(path: str | os.PathLike) -> str:
+    """What an image's augmentation seed is derived from: its folder and file name and its size.
+
+    Not `item_fingerprint`: that holds the absolute path and the mtime (right for cache keys, which must
+    notice an edited file), so seeds from it changed with every copy of the data (a regenerated world
+    set, another user's checkout) and augmented training gave other numbers from a fresh clone. The
+    class folder + name + size is the same in every copy of a dataset."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = -1
+    return f"{path.parent.name}/{path.name}|{size}"
+
+
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
