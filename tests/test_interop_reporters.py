@@ -6,8 +6,8 @@ import importlib.util
 import json
 
 import pytest
-
 from helpers import colour_items
+
 from vlprompt.engine.cache import FeatureCache
 from vlprompt.engine.reporters import scalars
 from vlprompt.engine.trainer import TrainConfig, Trainer
