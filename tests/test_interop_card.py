@@ -48,7 +48,7 @@ def test_every_saved_prompt_has_a_model_card(tiny_vit, tmp_path):
     assert front["library_name"] == "vlprompt" and front["pipeline_tag"] == "zero-shot-image-classification"
     assert front["datasets"] == ["world_textures"] and "coop" in front["tags"] and "base_model" not in front  # random weights
     [index] = front["model-index"]
-    assert index["name"] == "run"
+    assert index["name"] == "coop-world_textures-16shot"
     base, hm = index["results"]
     assert base["dataset"] == {"type": "world_textures", "name": "world_textures", "split": "test (base)"}
     assert base["metrics"][0] == {"type": "accuracy", "name": "top-1 accuracy", "value": 80.0}

@@ -189,7 +189,9 @@ def write_model_card(meta: dict[str, Any], tensors_path: Path, config_path: Path
     readme = tensors_path.parent / "README.md"
     if readme.is_file() and not card_is_ours(readme.read_text(encoding="utf-8", errors="replace")):
         return None
-    name = tensors_path.parent.name or tensors_path.stem
+    training = meta.get("training") or {}
+    parts = [str(meta.get("method")), training.get("dataset"), f"{training['shots']}shot" if training.get("shots") else None]
+    name = "-".join(str(p) for p in parts if p) if training.get("dataset") else tensors_path.parent.name or tensors_path.stem
     with atomic_path(readme) as tmp:
         tmp.write_text(model_card(meta, name, tensors_path.name, config_path.name), encoding="utf-8")
     return readme
