@@ -57,3 +57,25 @@ def test_report_to_errors_are_one_line(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(VLPromptError, match=r"report_to wandb needs the wandb package, which is not installed"):
         TrainConfig.from_dict({"report_to": ["wandb"]})
+
+
+def test_wandb_gets_the_same_scalars(tiny_vit, tmp_path, monkeypatch):
+    import importlib.machinery
+    import sys
+    import types
+
+    logged, finished = [], []
+
+    class Run:
+        def log(self, values, step):
+            logged.append((step, values))
+
+        def finish(self):
+            finished.append(True)
+
+    fake = types.ModuleType("wandb")
+    fake.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+    fake.init = lambda **kwargs: Run()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    records = _fit(tiny_vit, tmp_path, ["wandb"])
+    assert logged == [(r["epoch"], scalars(r)) for r in records] and finished == [True]
