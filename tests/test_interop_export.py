@@ -63,6 +63,9 @@ def test_clip_benchmark_record_format(tmp_path):
     assert json.loads(path.read_text()) == record
     back = read_clip_benchmark(path)
     assert back["metrics"] == {"top1": 80.0, "top5": 99.5, "mean_per_class_recall": 80.0}
+    prompt_result = {**result, "method": "coop", "prompt": "runs/coop/prompt.safetensors"}
+    assert to_clip_benchmark(prompt_result)["method"] == "coop"  # an extra column in `clip_benchmark build`
+    assert output_path("{dataset}_{method}.json", to_clip_benchmark(prompt_result)).name == "wds_vtab_cifar10_coop.json"
     with pytest.raises(VLPromptError, match="same file for several results"):
         write_clip_benchmark([result, result], str(tmp_path / "{model}.json"))
     with pytest.raises(VLPromptError, match="cannot fill"):
