@@ -63,6 +63,9 @@ def test_clip_benchmark_record_format(tmp_path):
     assert json.loads(path.read_text()) == record
     back = read_clip_benchmark(path)
     assert back["metrics"] == {"top1": 80.0, "top5": 99.5, "mean_per_class_recall": 80.0}
+    prompt_result = {**result, "method": "coop", "prompt": "runs/coop/prompt.safetensors"}
+    assert to_clip_benchmark(prompt_result)["method"] == "coop"  # an extra column in `clip_benchmark build`
+    assert output_path("{dataset}_{method}.json", to_clip_benchmark(prompt_result)).name == "wds_vtab_cifar10_coop.json"
     with pytest.raises(VLPromptError, match="same file for several results"):
         write_clip_benchmark([result, result], str(tmp_path / "{model}.json"))
     with pytest.raises(VLPromptError, match="cannot fill"):
@@ -145,3 +148,19 @@ def test_eval_cli_writes_clip_benchmark_files(tmp_path, monkeypatch, world_root)
     record = json.loads((tmp_path / "world_textures_vlprompt-tiny_world.json").read_text())
     assert set(record) == {"dataset", "model", "pretrained", "task", "metrics", "language"}
     assert record["metrics"]["acc1"] == 0.703333  # zero-shot top1 70.33 on the world's textures
+
+
+def test_cli_export_wds_and_backbone(tmp_path, world_root, capsys):
+    from vlprompt.cli import main
+
+    assert (
+        main(["datasets", "export-wds", "world_textures", str(tmp_path / "wds"), "--root", str(world_root), "--splits", "val"])
+        == 0
+    )
+    assert "wrote" in capsys.readouterr().out and (tmp_path / "wds" / "val" / "0.tar").is_file()
+    assert read_wds_dataset(tmp_path / "wds").split_names == ["val"]
+    assert main(["export-backbone", str(tmp_path / "oc"), "--backbone", "vlprompt-test-vit", "--pretrained", "none"]) == 0
+    assert json.loads((tmp_path / "oc" / "open_clip_config.json").read_text())["model_cfg"]["embed_dim"] > 0
+    assert (
+        main(["datasets", "export-wds", "world_textures", str(tmp_path / "x"), "--root", str(world_root), "--splits", "dev"]) == 2
+    )

@@ -49,3 +49,32 @@ def _interpret_command(sub: argparse._SubParsersAction) -> None:
         print(json.dumps(found, indent=2) if args.json else format_interpretation(found))
 
     parser.set_defaults(run=run)
+
+
+@COMMANDS.register("import-official")
+def _import_official_command(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "import-official", help="a released CoOp / CoCoOp / KgCoOp prompt (prompt_learner/model.pth.tar-N) as a vlprompt prompt"
+    )
+    parser.add_argument("checkpoint", help="the released file, e.g. .../prompt_learner/model.pth.tar-50 (tensors only are read)")
+    parser.add_argument("--method", required=True, choices=("coop", "cocoop", "kgcoop"), help="the method that trained it")
+    parser.add_argument("--classes", required=True, help="'a,b,c' or a file with one class name per line, in label order")
+    parser.add_argument("--out", required=True, help="where to write the prompt (.safetensors + .json)")
+    parser.add_argument("--class-position", default=None, help="CoOp's class token position if not end: middle | front")
+    parser.add_argument("--backbone", default="ViT-B-16", help="[source:]architecture it was trained on")
+    parser.add_argument("--pretrained", default="openai", help="its weights tag or file")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
+
+    def run(args: argparse.Namespace) -> None:
+        from vlprompt.backbones import load_backbone
+        from vlprompt.commands.zoo import _classes_arg
+        from vlprompt.interop.official import import_official
+        from vlprompt.zoo import save_prompt
+
+        backbone = load_backbone(args.backbone, args.pretrained, args.device)
+        config = {"class_position": args.class_position} if args.class_position else None
+        method = import_official(args.checkpoint, args.method, backbone, _classes_arg(args.classes), config)
+        path = save_prompt(args.out, method, training={"source": f"official {args.method} release: {args.checkpoint}"})
+        print(f"wrote {path} ({args.method}, {method.config.n_ctx} context vectors, {len(method.classnames)} classes)")
+
+    parser.set_defaults(run=run)

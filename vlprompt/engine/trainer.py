@@ -39,6 +39,7 @@ from vlprompt.engine.evaluate import evaluate_method
 from vlprompt.engine.logging import MetricsLog, PlainProgress, on_terminal, progress_bar, write_json
 from vlprompt.engine.optim import LRSchedule, build_optimizer
 from vlprompt.engine.precision import Precision, resolve_precision
+from vlprompt.engine.reporters import Reporters
 from vlprompt.engine.selection import EpochSelector
 from vlprompt.engine.train_config import TrainConfig
 from vlprompt.engine.views import ItemLike, SeededImages, augmentation_identity, stable_seed
@@ -163,24 +164,16 @@ class Trainer:
             # rank 0 evaluates alone later; the validation features are built by all ranks now
             self.cache.get(self.backbone, list(val_items), self.backbone.eval_transform, across_ranks=True)
         started = time.perf_counter()
-        last_eval: dict[str, Any] | None = None
-        # not on a terminal and progress asked for (cfg.progress true): a plain line every 10 s or so
-        lines = PlainProgress("  epoch", cfg.epochs) if cfg.progress and self.env.is_main and not on_terminal() else None
-        for epoch in range(start_epoch, cfg.epochs):
-            record = self._run_epoch(epoch, model, data, optimizer, scaler, schedule, precision, params)
-            if lines is not None:
-                lines.update(epoch + 1, f"loss {record.get('loss', float('nan')):.4f}")
-            is_last = epoch + 1 == cfg.epochs
-            if val_items and (is_last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
-                last_eval = self._evaluate(val_items)
-                record["val"] = last_eval
-            method.on_epoch_end(epoch + 1, cfg.epochs)
-            if self.selector is not None:
-                record["select"] = {self.selector.metric: self.selector.after_epoch(epoch + 1, method, self.cache)}
-            self.history.append(record)
-            self._save(epoch + 1, optimizer, scaler)
-            if self.env.is_main and self.output_dir:
-                MetricsLog(self.output_dir / "metrics.jsonl").append(record)
+        reporters = Reporters(
+            self.output_dir if self.env.is_main else None,
+            cfg.report_to if self.env.is_main else [],
+            {"method": method.name, "epochs": cfg.epochs, "backbone": self.backbone.identity.name, "train": asdict(cfg)},
+        )
+        try:
+            self._train_epochs(start_epoch, model, data, optimizer, scaler, schedule, precision, params, val_items, reporters)
+        finally:
+            reporters.close()
+        last_eval = self.history[-1].get("val") if self.history and start_epoch < cfg.epochs else None
         if val_items and last_eval is None:  # nothing left to train after resuming a finished run
             last_eval = self._evaluate(val_items)
         if self.selector is not None:
@@ -204,6 +197,28 @@ class Trainer:
         if self.env.is_main and self.output_dir:
             write_json(self.output_dir / "result.json", result)
         return result
+
+    def _train_epochs(self, start_epoch, model, data, optimizer, scaler, schedule, precision, params, val_items, reporters):
+        """The epoch loop: each epoch's record goes to the history, ``metrics.jsonl`` and the reporters."""
+        cfg = self.config
+        method = self.method
+        # not on a terminal and progress asked for (cfg.progress true): a plain line every 10 s or so
+        lines = PlainProgress("  epoch", cfg.epochs) if cfg.progress and self.env.is_main and not on_terminal() else None
+        for epoch in range(start_epoch, cfg.epochs):
+            record = self._run_epoch(epoch, model, data, optimizer, scaler, schedule, precision, params)
+            if lines is not None:
+                lines.update(epoch + 1, f"loss {record.get('loss', float('nan')):.4f}")
+            is_last = epoch + 1 == cfg.epochs
+            if val_items and (is_last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
+                record["val"] = self._evaluate(val_items)
+            method.on_epoch_end(epoch + 1, cfg.epochs)
+            if self.selector is not None:
+                record["select"] = {self.selector.metric: self.selector.after_epoch(epoch + 1, method, self.cache)}
+            self.history.append(record)
+            self._save(epoch + 1, optimizer, scaler)
+            if self.env.is_main and self.output_dir:
+                MetricsLog(self.output_dir / "metrics.jsonl").append(record)
+            reporters.log(record)
 
     def evaluate(self, items: Sequence[ItemLike]) -> dict[str, Any]:
         """Metrics of the method on `items` (text side encoded once when it can be)."""

@@ -64,9 +64,8 @@ def _named_vectors(method: PromptMethod, width: int) -> list[tuple[str, torch.Te
             prefix = name
             if outer is not None:
                 classes = getattr(method, "classnames", [])
-                kind = "class" if len(classes) == outer and tensor.shape[0] == len(classes) else "group"
-                label = classes[g] if kind == "class" else g
-                prefix = f"{name}[{kind} {label}]"
+                per_class = bool(getattr(method.config, "class_specific", False)) and len(classes) == outer
+                prefix = f"{name}[class {classes[g]}]" if per_class else f"{name}[group {g}]"
             for i, row in enumerate(block):
                 found.append((f"{prefix}[{i}]", row))
     if not found:

@@ -12,14 +12,17 @@ Adding a method is one module: a config dataclass and a class, registered with
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import vlprompt  # its lazy exports give save_prompt / load_prompt at call time (the zoo imports methods)
 from vlprompt.backbones.base import Backbone
 from vlprompt.errors import VLPromptError
 from vlprompt.methods.label_space import ClassLabels, LabelSpace, PairLabels, as_label_space
@@ -260,6 +263,28 @@ class PromptMethod(nn.Module):
         if "features" in batch:
             return batch["features"]
         return F.normalize(self.backbone.encode_image(batch["images"]), dim=-1)
+
+    def save_pretrained(self, directory: str | os.PathLike, **kwargs: Any) -> Path:
+        """peft's name for saving: the prompt in Hub layout under `directory` (``vlprompt_model.safetensors``,
+        ``vlprompt_config.json``, a model card ``README.md``), ready to upload; `kwargs` go to `save_prompt`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        return vlprompt.save_prompt(directory, self, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_name: str | os.PathLike,
+        backbone: Backbone | None = None,
+        classnames: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> PromptMethod:
+        """peft's name for loading: `vlprompt.load_prompt` (a folder, a file, a zoo name or ``hf://org/repo``).
+        Called on a method class (``CoOp.from_pretrained``), the prompt must be of that method."""
+        method = vlprompt.load_prompt(path_or_name, backbone, classnames, **kwargs)
+        if cls is not PromptMethod and not isinstance(method, cls):
+            raise VLPromptError(f"{path_or_name} holds a {method.name} prompt, not {cls.__name__}")
+        return method
 
     def __call__(self, batch: dict[str, torch.Tensor] | torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         return super().__call__(as_batch(batch), *args, **kwargs)  # `method(images)` works too

@@ -36,6 +36,7 @@ from vlprompt.methods.base import PromptMethod, build_method
 from vlprompt.methods.label_space import ClassLabels, LabelSpace, label_space_from_dict
 from vlprompt.paths import atomic_path, read_json
 from vlprompt.registry import unknown_name_message
+from vlprompt.zoo.card import card_is_ours, model_card
 from vlprompt.zoo.download import is_offline
 from vlprompt.zoo.registry import fetch, load_registry
 
@@ -190,7 +191,24 @@ def save_prompt(
     tensors_path, config_path = prompt_files(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in method.trainable_state().items()}
     meta = prompt_metadata(method, tensors, templates, training, metrics, extra)
-    return write_prompt_files(tensors, meta, tensors_path, config_path)
+    written = write_prompt_files(tensors, meta, tensors_path, config_path)
+    write_model_card(meta, tensors_path, config_path)
+    return written
+
+
+def write_model_card(meta: dict[str, Any], tensors_path: Path, config_path: Path) -> Path | None:
+    """``README.md`` beside a saved prompt: a model card with the Hub's metadata (`vlprompt.zoo.card`),
+    so the folder can be uploaded as it is. A README the user wrote is left alone (None returned); one
+    vlprompt wrote is replaced (the last prompt saved in a folder owns it)."""
+    readme = tensors_path.parent / "README.md"
+    if readme.is_file() and not card_is_ours(readme.read_text(encoding="utf-8", errors="replace")):
+        return None
+    training = meta.get("training") or {}
+    parts = [str(meta.get("method")), training.get("dataset"), f"{training['shots']}shot" if training.get("shots") else None]
+    name = "-".join(str(p) for p in parts if p) if training.get("dataset") else tensors_path.parent.name or tensors_path.stem
+    with atomic_path(readme) as tmp:
+        tmp.write_text(model_card(meta, name, tensors_path.name, config_path.name), encoding="utf-8")
+    return readme
 
 
 # -- reading ------------------------------------------------------------------------------------
