@@ -52,14 +52,14 @@ def test_released_augmentation_and_switch(tiny_vit, mini, tmp_path):
     at = kinds.index(T.RandomHorizontalFlip)
     assert kinds[at : at + 3] == [T.RandomHorizontalFlip, T.RandomPerspective, T.RandomRotation]
     assert isinstance(aug.transforms[at + 3], T.ToTensor) and aug.transforms[at + 2].degrees == [-5.0, 5.0]
-    on = plan(_config(mini, tmp_path), tiny_vit)
-    assert on.train_transform.transforms[at + 1].distortion_scale == 0.5  # torchvision default, as released
+    on = plan(_config(mini, tmp_path))  # plans run before the backbone loads: the transform is a factory
+    assert on.train_transform(tiny_vit).transforms[at + 1].distortion_scale == 0.5  # torchvision default, as released
     assert on.train_overrides == {"augment_views": 8}  # cached-feature methods: 8 augmented views
     assert on.summary["czsl_rules"] == {"augment": True, "select": "best_val", "select_metric": "AUC",
                                         "feasibility_rule": "multiply"}
-    off = plan(_config(mini, tmp_path, protocol={"augment": False}), tiny_vit)
-    assert off.train_transform is tiny_vit.eval_transform and off.train_overrides == {}
-    mine = plan(_config(mini, tmp_path, train={"augment_views": 2}), tiny_vit)
+    off = plan(_config(mini, tmp_path, protocol={"augment": False}))
+    assert off.train_transform(tiny_vit) is tiny_vit.eval_transform and off.train_overrides == {}
+    mine = plan(_config(mini, tmp_path, train={"augment_views": 2}))
     assert mine.train_overrides == {}  # the user's own views count wins
     with pytest.raises(Exception, match="protocol.select_metric: 'acc' is not one of"):
         _config(mini, tmp_path, protocol={"select_metric": "acc"})
