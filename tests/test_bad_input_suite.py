@@ -22,6 +22,7 @@ import sys
 import tarfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -645,6 +646,21 @@ def test_long_distinct_class_names_are_warned_about_once(env, tmp_path, capsys):
     assert code == 0 and "error" not in err, err
     assert len(caught) == 1
     assert _one_line_warning(caught[0].message, UserWarning, "f.py", 1) == f"warning: {caught[0].message}\n"
+
+
+def test_edited_split_file_beside_a_prompt_is_warned_about(env, trained, tmp_path):
+    """split_file_sha256 is checked too: the split no longer being the one trained on is said (a warning,
+    since the predictions do not depend on it)."""
+    from vlprompt.zoo import load_prompt
+
+    shutil.copytree(trained, tmp_path / "run")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_prompt(tmp_path / "run" / "prompt.safetensors")  # as saved: no warning
+    (split,) = (tmp_path / "run" / "splits").rglob("*.train.json")
+    split.write_text(split.read_text().replace("1", "2", 1))
+    with pytest.warns(UserWarning, match=r"does not match the recorded split_file_sha256"):
+        load_prompt(tmp_path / "run" / "prompt.safetensors")
 
 
 def test_unusable_cache_folder_is_one_error_line(env, folder, tmp_path, capsys, monkeypatch):

@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -291,6 +292,20 @@ def check_meta(meta: Any, path: str | os.PathLike) -> None:
         )
 
 
+def check_split_file(meta: dict[str, Any], path: str | os.PathLike) -> None:
+    """The few-shot split file beside a prompt in its run folder must match the recorded
+    ``split_file_sha256``; a mismatch does not change the predictions, so it is a warning."""
+    training = meta.get("training") or {}
+    recorded = training.get("split_file_sha256")
+    if not recorded or not all(training.get(k) is not None for k in ("dataset", "shots", "seed")):
+        return
+    split = (Path(path).parent / "splits" / str(training["dataset"])
+             / f"shot_{training['shots']}-seed_{training['seed']}.train.json")
+    if split.is_file() and file_sha256(split) != recorded:
+        warnings.warn(f"prompt {path}: its split file {split} does not match the recorded split_file_sha256 "
+                      f"({recorded[:16]}...): the training data on record was changed", stacklevel=3)
+
+
 def describe_file(path: Path) -> str:
     """What a file that is not a prompt looks like, from its first bytes."""
     try:
@@ -383,6 +398,7 @@ def load_prompt(
             f"prompt {path} was trained on backbone {_describe(meta['backbone'])}, "
             f"not {_describe(backbone.identity.to_dict())}"
         )
+    check_split_file(meta, path)
     labels = recorded_labels(meta, path)
     method = build_method(meta["method"], backbone, labels, meta["method_config"])
     method.load_trainable_state(tensors)
