@@ -19,7 +19,9 @@ def _openai_layout_clip():
                 CLIPTextCfg(context_length=16, vocab_size=49408, width=64, heads=1, layers=1), quick_gelu=True).eval()
 
 
-def test_open_clip_and_openai_state_dict_objects(tiny_vit, tmp_path):
+def test_open_clip_and_openai_state_dict_objects(tmp_path):
+    torch.manual_seed(3)
+    tiny_vit = create_backbone("vlprompt-test-vit")  # its own: the shared fixture may be in any state
     state = tiny_vit.model.state_dict()
     same = load_backbone("vlprompt-test-vit", state, device="cpu")  # open_clip layout, architecture named
     x = torch.rand(2, 3, *tiny_vit.image_size, generator=torch.Generator().manual_seed(0))
