@@ -628,8 +628,8 @@ def test_one_folder_per_run_even_when_named_train_output_dir(env, trained, tmp_p
     code, err, _ = run_cli([*TRAIN, f"train.output_dir={tmp_path / 'x'}"], capsys)
     assert code == 0, err
     names = sorted(p.name for p in (tmp_path / "x").iterdir())
-    assert names == ["experiment.json", "last.pt", "metrics.jsonl", "prompt.json", "prompt.safetensors", "result.json",
-                     "splits"]
+    assert names == ["README.md", "experiment.json", "last.pt", "metrics.jsonl", "out.log", "prompt.json",
+                     "prompt.safetensors", "result.json", "splits"]  # README.md: the prompt's model card
     assert json.loads((tmp_path / "x" / "experiment.json").read_text())["output_dir"] == str(tmp_path / "x")
     assert not (env / "runs").exists()
 

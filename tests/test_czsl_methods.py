@@ -101,7 +101,8 @@ def test_streamed_evaluation_equals_dense_protocol(tiny_vit, mini, name, tmp_pat
         assert result[key] == pytest.approx(ref[key]), key
 
 
-def test_training_with_the_engine_then_open_world(tiny_vit, mini, tmp_path):
+def test_training_with_the_engine_then_open_world(tiny_vit, mini, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the CLI's default run folder (runs/...) goes under tmp_path, not the repo
     torch.manual_seed(0)
     cfg = {"dataset": {"name": "mini", "root": str(mini)}, "method": {"name": "csp"},
            "train": {"optimizer": "adam", "lr": 1e-2, "epochs": 2, "batch_size": 4, "warmup_epochs": 0,

@@ -20,8 +20,9 @@ from vlprompt.devices import check_device_available
 from vlprompt.engine.cache import FeatureCache
 from vlprompt.engine.fit import fit_method
 from vlprompt.engine.logging import write_json
-from vlprompt.engine.run_folder import owning
+from vlprompt.engine.run_folder import discard_new_folder, owning
 from vlprompt.engine.trainer import seed_everything
+from vlprompt.errors import VLPromptError
 from vlprompt.methods.base import MethodContext, PromptMethod, build_method
 from vlprompt.tasks.base import TASKS, TaskPlan
 from vlprompt.threads import apply_threads
@@ -68,7 +69,12 @@ def _run(config: ExperimentConfig, resume: bool, backbone: Backbone | None, trai
             check_device_available(device, where)
     task = TASKS.get(config.task)
     plan = task.plan(config)  # the data first: a missing dataset fails before a backbone download
-    backbone = backbone or load_backbone(config.backbone.name, config.backbone.pretrained, config.backbone.device)
+    if backbone is None:
+        try:
+            backbone = load_backbone(config.backbone.name, config.backbone.pretrained, config.backbone.device)
+        except VLPromptError:
+            discard_new_folder()  # nothing ran: leave no folder behind for a typo in the backbone
+            raise
     threads = apply_threads(backbone)
     method = _method_for(config, plan, backbone, prompt)
     train_config = dataclasses.replace(config.train, output_dir=str(plan.out_dir), **plan.train_overrides)

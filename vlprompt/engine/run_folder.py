@@ -55,6 +55,7 @@ class RunFolder:
             raise VLPromptError("--resume and --overwrite contradict each other: continue the run, or replace it")
         self.resume, self.overwrite = resume, overwrite
         self.path: Path | None = None
+        self._created: list[Path] = []  # folders this claim made, deepest first (removed again if left empty)
 
     def claim(self, path: Path) -> Path:
         path = Path(path)
@@ -64,8 +65,10 @@ class RunFolder:
             return path
         if int(os.environ.get("RANK", "0") or 0) != 0:  # under torchrun rank 0 owns the folder
             return path
+        missing = [p for p in (path, *path.parents) if not p.exists()]
         try:
             path.mkdir(parents=True, exist_ok=True)
+            self._created = missing
         except OSError as error:
             raise VLPromptError(f"cannot create the run folder {path}: {error.strerror or error}") from None
         self._lock(path)
@@ -129,7 +132,12 @@ class RunFolder:
         if holder and holder.get("pid") == os.getpid():
             with contextlib.suppress(OSError):
                 lock.unlink()
-        self.path = None
+        for folder in self._created:  # a run that failed before writing anything leaves no empty folders
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        self.path, self._created = None, []
 
 
 _ACTIVE: contextvars.ContextVar[RunFolder | None] = contextvars.ContextVar("vlprompt_run_folder", default=None)
@@ -145,6 +153,17 @@ def owning(resume: bool = False, overwrite: bool = False) -> Iterator[RunFolder]
     finally:
         _ACTIVE.reset(token)
         folder.release()
+
+
+def discard_new_folder() -> None:
+    """Remove the run folder of the run in progress if this run created it (and everything in it: split
+    files written while planning): for a run that fails before any work, such as an unknown backbone."""
+    active = _ACTIVE.get()
+    if active is None or not active._created:
+        return
+    top = active._created[-1]
+    active.release()
+    shutil.rmtree(top, ignore_errors=True)
 
 
 def claim(path: str | os.PathLike) -> Path:
