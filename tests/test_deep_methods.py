@@ -320,3 +320,18 @@ def test_bundled_deep_prompts_reproduce_their_recorded_accuracy(world_base, name
     top1 = evaluate_method(method, backbone, dataset.split("test"))["top1"]
     assert top1 == pytest.approx(entry["metrics"]["all"]["top1"], abs=1e-4)
     assert top1 > evaluate_zero_shot(backbone, dataset, progress=False)["metrics"]["top1"] + 2.0
+
+
+def test_activation_checkpointing_changes_no_number(tiny_vit):
+    batch = {"images": _images(tiny_vit), "labels": torch.tensor([0, 1, 2, 0])}
+    runs = []
+    for flag in (False, True):
+        torch.manual_seed(0)
+        method = build_method("maple", tiny_vit, CLASSES, {"depth": 2, "grad_checkpointing": flag})
+        method.train()
+        loss, _ = method.train_step(batch, method, lambda loss: loss.backward())
+        runs.append((loss.detach(), [p.grad.clone() for p in method.parameters() if p.requires_grad]))
+    assert torch.equal(runs[0][0], runs[1][0])
+    for a, b in zip(runs[0][1], runs[1][1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert not any(getattr(m, "grad_checkpointing", False) for m in tiny_vit.modules())  # flags restored
