@@ -169,7 +169,7 @@ def _run_forked(*args) -> tuple[list[float], list[float], float]:
     return result
 
 
-def bench_method(name, backbone, p, steps, autocast) -> dict:
+def bench_method(name, backbone, p, steps, autocast, checkpointing: bool = False) -> dict:
     device = p["device"]
     classnames = [f"class number {i}" for i in range(p["classes"])]
     torch.manual_seed(0)
@@ -195,10 +195,23 @@ def bench_method(name, backbone, p, steps, autocast) -> dict:
                                                   device, autocast)
     vl_losses, vl_times, vl_peak = _run_forked("vlprompt", name, backbone, twin, ids, batches, fixed_text, frozen,
                                                device, autocast)
+    ckpt = None
+    if checkpointing:  # the same steps with the towers' block activations recomputed in backward
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            third = build_method(name, backbone, classnames, {**METHODS[name], "grad_checkpointing": True}).to(device)
+        third.load_trainable_state(method.trainable_state())
+        ckpt = _run_forked("vlprompt", name, backbone, third, ids, batches, fixed_text, frozen, device, autocast)
     timed = slice(1, None) if steps > 1 else slice(None)  # the first step carries one-off warm-up
     ref_step = sum(ref_times[timed]) / len(ref_times[timed])
     vl_step = sum(vl_times[timed]) / len(vl_times[timed])
+    extra = {}
+    if ckpt is not None:
+        ck_step = sum(ckpt[1][timed]) / len(ckpt[1][timed])
+        extra = {"checkpointed_step_s": ck_step, "checkpointed_peak_memory_gb": ckpt[2],
+                 "checkpointed_losses": ckpt[0], "checkpointed_step_times_s": ckpt[1]}
     return {
+        **extra,
         "method": name, "config": METHODS[name], "depths": method.result_metadata()["prompt_depth"],
         "reference_step_s": ref_step, "vlprompt_step_s": vl_step, "speedup": ref_step / vl_step,
         "reference_step_times_s": ref_times, "vlprompt_step_times_s": vl_times,
@@ -214,6 +227,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--steps", type=int, default=3, help="steps per side (the first is left out of the mean)")
     parser.add_argument("--methods", default="maple,promptsrc")
+    parser.add_argument("--checkpointing", action="store_true",
+                        help="also time vlprompt with activation checkpointing (grad_checkpointing: true)")
     parser.add_argument("--json", default=None, help="write the figures to this file")
     args = parser.parse_args(argv)
     p = PRESETS[args.preset]
@@ -224,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
             return torch.autocast("cuda", dtype=torch.bfloat16)
     else:
         autocast = contextlib.nullcontext
-    rows = [bench_method(name, backbone, p, args.steps, autocast) for name in args.methods.split(",")]
+    rows = [bench_method(name, backbone, p, args.steps, autocast, args.checkpointing) for name in args.methods.split(",")]
     figures = {"preset": args.preset, **p, "steps": args.steps, "rows": rows,
                "memory_note": "CPU: ru_maxrss of each side's forked process (weights shared at fork, counted in both)"}
     print()
@@ -233,6 +248,10 @@ def main(argv: list[str] | None = None) -> dict:
     for r in rows:
         print(f"{r['method']:<11}{r['reference_step_s']:>11.3f}{r['vlprompt_step_s']:>11.3f}{r['speedup']:>9.2f}"
               f"{r['peak_memory_gb_reference']:>12.2f}{r['peak_memory_gb_vlprompt']:>12.2f}{r['max_loss_diff']:>11.1e}")
+    for r in rows:
+        if "checkpointed_step_s" in r:
+            print(f"{r['method']} with activation checkpointing: step {r['checkpointed_step_s']:.3f}s, "
+                  f"peak {r['checkpointed_peak_memory_gb']:.2f} GB")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return figures

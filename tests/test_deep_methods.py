@@ -300,3 +300,38 @@ def test_each_method_beats_zero_shot_on_world_base_classes(world_base, tmp_path,
     config = ExperimentConfig.from_dict({**base, "method": method, "output_dir": str(tmp_path / "run")})
     top1 = api.run_experiment(config, backbone=backbone)["metrics"]["base"]["top1"]
     assert top1 > zero + 1.0, f"{method['name']} {top1:.2f} vs zero-shot {zero:.2f} on world_textures base classes"
+
+
+@pytest.mark.slow  # evaluates the bundled prompts on the world's test split
+@pytest.mark.parametrize("name", ["vpt", "ivlp", "maple", "promptsrc"])
+def test_bundled_deep_prompts_reproduce_their_recorded_accuracy(world_base, name):
+    from vlprompt import api
+    from vlprompt.engine.evaluate import evaluate_method
+    from vlprompt.engine.zero_shot import evaluate_zero_shot
+    from vlprompt.zoo import load_prompt
+    from vlprompt.zoo.registry import get_entry
+
+    backbone, base, _ = world_base
+    entry = get_entry(f"{name}-world_textures-16shot").meta
+    dataset = api.load_dataset("world_textures", base["dataset"]["root"])
+    with pytest.warns(UserWarning, match="clamped"):  # the released depths, clamped to the world's 3 blocks
+        method = load_prompt(f"{name}-world_textures-16shot", backbone)
+    assert method.result_metadata()["prompt_depth"]
+    top1 = evaluate_method(method, backbone, dataset.split("test"))["top1"]
+    assert top1 == pytest.approx(entry["metrics"]["all"]["top1"], abs=1e-4)
+    assert top1 > evaluate_zero_shot(backbone, dataset, progress=False)["metrics"]["top1"] + 2.0
+
+
+def test_activation_checkpointing_changes_no_number(tiny_vit):
+    batch = {"images": _images(tiny_vit), "labels": torch.tensor([0, 1, 2, 0])}
+    runs = []
+    for flag in (False, True):
+        torch.manual_seed(0)
+        method = build_method("maple", tiny_vit, CLASSES, {"depth": 2, "grad_checkpointing": flag})
+        method.train()
+        loss, _ = method.train_step(batch, method, lambda loss: loss.backward())
+        runs.append((loss.detach(), [p.grad.clone() for p in method.parameters() if p.requires_grad]))
+    assert torch.equal(runs[0][0], runs[1][0])
+    for a, b in zip(runs[0][1], runs[1][1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert not any(getattr(m, "grad_checkpointing", False) for m in tiny_vit.modules())  # flags restored

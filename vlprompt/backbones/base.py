@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -240,6 +241,21 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     # -- derived helpers, shared by every implementation ------------------------------------
+
+    @contextlib.contextmanager
+    def activation_checkpointing(self, enabled: bool = True) -> Iterator[None]:
+        """Within the block, towers that support it (open_clip / timm transformers: a ``grad_checkpointing``
+        flag) keep no block activations for backward and recompute them there: less memory, more time, same
+        numbers. The flags are restored on exit (the recomputation in backward does not read them)."""
+        towers = [m for m in self.modules() if isinstance(getattr(m, "grad_checkpointing", None), bool)] if enabled else []
+        previous = [m.grad_checkpointing for m in towers]
+        for m in towers:
+            m.grad_checkpointing = True
+        try:
+            yield
+        finally:
+            for m, flag in zip(towers, previous):
+                m.grad_checkpointing = flag
 
     def encode_text(self, texts: Sequence[str] | torch.Tensor, truncate: bool = True) -> torch.Tensor:
         """Plain prompts through the embedding path (the same path learned prompts take)."""

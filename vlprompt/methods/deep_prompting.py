@@ -87,10 +87,11 @@ class ClassPrompts(nn.Module):
         self.prompts = PromptAssembler(backbone, template, {"class": names}, {"ctx": n_ctx})
         self.start = int(self.prompts.positions("ctx")[0, 0])
 
-    def encode(self, ctx: torch.Tensor, layers: Sequence[torch.Tensor] = ()) -> torch.Tensor:
-        """``[C, D]`` L2-normalised text features."""
+    def encode(self, ctx: torch.Tensor, layers: Sequence[torch.Tensor] = (), checkpointing: bool = False) -> torch.Tensor:
+        """``[C, D]`` L2-normalised text features (`checkpointing`: recompute block activations in backward)."""
         deep = DeepPrompts(tuple(layers), start=self.start) if len(layers) else None
-        return F.normalize(self.prompts.encode(deep=deep, ctx=ctx), dim=-1)
+        with self.prompts.backbone.activation_checkpointing(checkpointing and torch.is_grad_enabled()):
+            return F.normalize(self.prompts.encode(deep=deep, ctx=ctx), dim=-1)
 
 
 def require_text_depth(backbone: Backbone, method: str, depth: int, clamp: bool) -> int:
@@ -120,9 +121,13 @@ class VisualPromptTokens(nn.Module):
         return VisualPrompts(self.shallow, tuple(self.deep))
 
 
-def encode_prompted_images(backbone: Backbone, images: torch.Tensor, visual: VisualPrompts | None) -> torch.Tensor:
-    """``[B, D]`` L2-normalised features of the prompted image tower."""
-    return F.normalize(backbone.encode_image(images, visual=visual), dim=-1)
+def encode_prompted_images(
+    backbone: Backbone, images: torch.Tensor, visual: VisualPrompts | None, checkpointing: bool = False
+) -> torch.Tensor:
+    """``[B, D]`` L2-normalised features of the prompted image tower (`checkpointing`: recompute block
+    activations in backward instead of keeping them)."""
+    with backbone.activation_checkpointing(checkpointing and torch.is_grad_enabled()):
+        return F.normalize(backbone.encode_image(images, visual=visual), dim=-1)
 
 
 __all__ = [

@@ -42,6 +42,7 @@ class IVLPConfig(MethodConfig):
     depth_vision: int = 12  # 0: no visual prompts
     init_std: float = 0.02
     clamp_depth: bool = True  # a depth beyond a tower's blocks is clamped (warning); false: an error
+    grad_checkpointing: bool = False  # recompute the towers' block activations in backward: less memory, more time
 
     def check(self, where: str) -> None:
         check_positive(where, n_ctx_text=self.n_ctx_text, n_ctx_vision=self.n_ctx_vision, depth_text=self.depth_text)
@@ -78,7 +79,7 @@ class IVLP(PromptMethod):
         return self.visual.prompts() if self.visual is not None else None
 
     def class_features(self) -> torch.Tensor:
-        return self.prompts.encode(self.ctx, tuple(self.text_deep))
+        return self.prompts.encode(self.ctx, tuple(self.text_deep), self.config.grad_checkpointing)
 
     def image_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return encode_prompted_images(self.backbone, batch["images"], self.visual_prompts())
+        return encode_prompted_images(self.backbone, batch["images"], self.visual_prompts(), self.config.grad_checkpointing)

@@ -41,6 +41,7 @@ class MaPLeConfig(MethodConfig):
     depth: int = 9  # J, both towers (1 = shallow MaPLe)
     init_std: float = 0.02
     clamp_depth: bool = True  # a depth beyond a tower's blocks is clamped (warning); false: an error
+    grad_checkpointing: bool = False  # recompute the towers' block activations in backward: less memory, more time
 
     def check(self, where: str) -> None:
         check_positive(where, n_ctx=self.n_ctx, depth=self.depth)
@@ -78,7 +79,7 @@ class MaPLe(PromptMethod):
         return VisualPrompts(self.proj(self.ctx), deep)
 
     def class_features(self) -> torch.Tensor:
-        return self.prompts.encode(self.ctx, tuple(self.compound_prompts_text))
+        return self.prompts.encode(self.ctx, tuple(self.compound_prompts_text), self.config.grad_checkpointing)
 
     def image_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return encode_prompted_images(self.backbone, batch["images"], self.visual_prompts())
+        return encode_prompted_images(self.backbone, batch["images"], self.visual_prompts(), self.config.grad_checkpointing)

@@ -35,6 +35,7 @@ class VPTConfig(MethodConfig):
     templates: Any = "a photo of a {}."  # the frozen text side
     init_std: float = 0.02
     clamp_depth: bool = True  # a depth beyond the image tower's blocks is clamped (warning); false: an error
+    grad_checkpointing: bool = False  # recompute the towers' block activations in backward: less memory, more time
     encode_batch_size: int = 1024
 
     def check(self, where: str) -> None:
@@ -67,4 +68,4 @@ class VPT(PromptMethod):
         return self._text[1]
 
     def image_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return encode_prompted_images(self.backbone, batch["images"], self.visual.prompts())
+        return encode_prompted_images(self.backbone, batch["images"], self.visual.prompts(), self.config.grad_checkpointing)
