@@ -31,7 +31,8 @@ def timm_config(tmp_path_factory):
 
 def test_open_clip_backbones_declare_what_their_towers_offer(tiny_vit, tiny_rn):
     assert tiny_vit.capabilities == ALL
-    assert tiny_rn.capabilities == {Capability.TEXT_TOKEN_STATES, Capability.SHARED_PREFIX, Capability.DEEP_TEXT_PROMPTS}
+    assert tiny_rn.capabilities == {Capability.TEXT_TOKEN_STATES, Capability.SHARED_PREFIX, Capability.DEEP_TEXT_PROMPTS,
+                                    Capability.TEXT_LAYOUT}
     assert tiny_vit.supports(Capability.IMAGE_NORMS) and not tiny_rn.supports(Capability.IMAGE_NORMS)
 
 

@@ -41,3 +41,11 @@ def test_bench_cocoop_memory_smoke(tmp_path, shared):
     assert all(abs(r["losses"][0] - rows[0]["losses"][0]) < 1e-5 for r in rows)  # the same first step
     assert all("speedup_per_image" in r for r in rows[1:])
     assert json.loads(out.read_text())["preset"] == "test"
+
+
+def test_bench_deep_tiny(tmp_path):
+    out = tmp_path / "deep.json"
+    figures = _load("bench_deep").main(["--preset", "tiny", "--steps", "2", "--json", str(out)])
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"maple", "promptsrc"} and figures["rows"][0]["speedup"] > 0
+    assert all(r["max_loss_diff"] < 1e-4 for r in rows.values())  # the official loop and vlprompt agree

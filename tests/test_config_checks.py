@@ -32,8 +32,8 @@ def test_cli_typo_is_one_line_before_any_work(tmp_path):
     )
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [
-        "error: unknown key in 'method' section 'n_ctxx'. Did you mean 'n_ctx'? Valid: class_position, class_specific, "
-        "ctx_init, init_seed, init_std, n_ctx"
+        "error: unknown key in 'method' section 'n_ctxx'. Did you mean 'n_ctx'? Valid: class_label_fill, class_position, "
+        "class_specific, csc_word_init, ctx_init, init, init_seed, init_std, n_ctx"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no run folder, no split files
 

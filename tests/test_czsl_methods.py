@@ -56,8 +56,10 @@ def test_dfsp_forward_loss_and_missing_primitive(tiny_vit):
     torch.manual_seed(0)
     dfsp: DFSP = build_method("dfsp", tiny_vit, PairLabels.create(ATTRS, OBJS, PAIRS))
     n_tokens, width = image_token_count(tiny_vit)
-    seq = int(dfsp.prompt.assembler.eot_index[0]) + 1  # [SOS] a photo of [attr] [obj] [EOT]: truncated states
-    assert dfsp.decompose_level == "tokens" and seq == 7
+    # [SOS] a photo of [attr] [obj] [EOT] + one padding position: the released context length 8
+    assert dfsp.decompose_level == "tokens" and int(dfsp.prompt.assembler.eot_index[0]) + 1 == 7
+    seq = dfsp.text_length
+    assert seq == 8 and dfsp.pair_token_states(PAIRS)[0].shape[1] == 8
     assert dfsp.fusion.n_tokens == n_tokens + 1 and dfsp.fusion.txt2img_2.in_features == (len(ATTRS) + len(OBJS)) * seq
     # the current pairs leave attribute "wet" and object "car" without a pair: no NaN anywhere
     dfsp.set_pairs(torch.tensor([[0, 0], [2, 0]]))
@@ -133,7 +135,7 @@ def test_dfsp_token_states_pool_to_the_pair_features_and_decompose_per_token(tin
     torch.manual_seed(0)
     dfsp: DFSP = build_method("dfsp", tiny_vit, PairLabels.create(ATTRS, OBJS, PAIRS)).eval()
     states, eot = dfsp.pair_token_states(PAIRS)
-    assert states.shape == (3, 7, tiny_vit.identity.width)
+    assert states.shape == (3, 8, tiny_vit.identity.width)  # context length 8: one padding state
     torch.testing.assert_close(tiny_vit.pool_text_states(states, eot), dfsp.pair_text_features(PAIRS), rtol=0, atol=1e-5)
     prims = dfsp.decompose(states, PAIRS)  # attrs red, wet, old; objs apple, car
     torch.testing.assert_close(prims[0], states[0])

@@ -111,11 +111,11 @@ def test_streaming_equals_dense_on_random_matrices():
 def test_open_world_masking():
     scores = torch.tensor([[3.0, 2.0, 9.0, 1.0]])
     feas = torch.tensor([0.0, 0.0, 0.1, 0.5])
-    masked = apply_feasibility(scores, feas, SEEN, threshold=0.3)
+    masked = apply_feasibility(scores, feas, SEEN, threshold=0.3, rule="mask")
     assert masked.tolist() == [[3.0, 2.0, float("-inf"), 1.0]]
-    legacy = apply_feasibility(scores, feas, SEEN, threshold=0.3, legacy=True)
+    legacy = apply_feasibility(scores, feas, SEEN, threshold=0.3, rule="multiply")
     assert legacy.tolist() == [[3.0, 2.0, 0.0, 1.0]]
-    doubled = apply_feasibility(scores, feas, SEEN, threshold=-0.1, legacy=True)  # published quirk
+    doubled = apply_feasibility(scores, feas, SEEN, threshold=-0.1, legacy=True)  # published quirk (older keyword)
     assert doubled.tolist() == [[6.0, 4.0, 9.0, 1.0]]
     # masking the infeasible top-scoring pair makes the unseen image correct at bias 1e3
     gt = torch.tensor([3])

@@ -77,7 +77,7 @@ def test_bad_deep_prompts_are_one_clear_error(tiny_vit):
     with pytest.raises(VLPromptError, match="outside the sequence"):
         tiny_vit.encode_text_embeds(embeds, eot, deep=DeepPrompts([torch.zeros(N, W)], start=30))
     prefix, suffix = embeds[0, :2], embeds[:, 2:]
-    with pytest.raises(VLPromptError, match="shared-prefix encoding takes no deep prompts"):
+    with pytest.raises(VLPromptError, match=r"takes deep prompts only as shared \[n, W\] tokens inside the shared prefix"):
         tiny_vit.encode_text_embeds_shared(prefix, suffix, eot, deep=DeepPrompts([torch.zeros(N, W)]))
 
 

@@ -345,8 +345,8 @@ ATOMIC_CHILD = """
 """
 
 
-def _as_nobody(folder: Path) -> dict | None:
-    """subprocess arguments that run a Python able to import vlprompt.paths as user nobody; None if none can."""
+def _as_nobody(folder: Path, probe_import: str = "vlprompt.paths") -> dict | None:
+    """subprocess arguments that run a Python able to import `probe_import` as user nobody; None if none can."""
     import shutil
 
     import vlprompt
@@ -356,7 +356,7 @@ def _as_nobody(folder: Path) -> dict | None:
         if not python:
             continue
         try:
-            probe = subprocess.run([python, "-c", "import vlprompt.paths"], capture_output=True, user=65534, group=65534,
+            probe = subprocess.run([python, "-c", f"import {probe_import}"], capture_output=True, user=65534, group=65534,
                                    env=env, cwd="/", timeout=120)
         except OSError:  # the interpreter lives where nobody cannot go (/root/.pyenv)
             continue

@@ -12,7 +12,7 @@ from helpers import colour_items
 from vlprompt.errors import VLPromptError
 from vlprompt.methods import build_method
 from vlprompt.methods.lasp import split_templates
-from vlprompt.methods.text_losses import text_to_text_loss
+from vlprompt.methods.text_losses import lasp_text_loss, text_to_text_loss
 from vlprompt.prompts.handcrafted import handcrafted_features
 
 CLASSES = ["cat", "dog", "red car"]
@@ -391,3 +391,29 @@ def test_prompt_checkpoint_round_trip(tiny_vit, tmp_path):
     batch = image_batch()
     with torch.no_grad():
         torch.testing.assert_close(loaded(batch), method(batch))
+
+
+def test_public_lasp_text_loss_reproduces_the_step_from_features(tiny_vit):
+    """`lasp_text_loss` from raw features, the bias and a given noise tensor equals the method's L_TT."""
+    torch.manual_seed(0)
+    method = build_method("lasp", tiny_vit, CLASSES, {"groups": 2, "text_bias": True, "noise_std": 0.05})
+    with torch.no_grad():
+        method.text_bias.normal_(0, 0.1)
+    G, n, W = method.ctx.shape
+    ctx = method.ctx.unsqueeze(1).expand(G, method.loss_prompts.n_prompts, n, W)
+    raw = method.loss_prompts.encode(ctx=ctx)  # [G, C, D] before bias and normalisation
+    hand = method.handcrafted
+    noise = 0.05 * torch.randn(hand.shape, generator=torch.Generator().manual_seed(4))
+    scale = tiny_vit.logit_scale.detach().float()
+    public = lasp_text_loss(raw, hand, scale, bias=method.text_bias, noise=noise, group_templates=method.group_templates)
+    torch.testing.assert_close(public, method.text_loss(method.group_features(method.loss_prompts), noise=noise),
+                               rtol=1e-6, atol=1e-6)
+    clean = lasp_text_loss(raw, hand, scale, bias=method.text_bias, group_templates=method.group_templates)
+    torch.testing.assert_close(clean, method.text_loss(method.group_features(method.loss_prompts), noise=False),
+                               rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(public, clean)
+    # one group over all templates: the plain text_to_text_loss of the normalised features
+    single = lasp_text_loss(raw[0], hand, scale)
+    torch.testing.assert_close(single, text_to_text_loss(F.normalize(raw[0], dim=-1), hand, scale))
+    with pytest.raises(VLPromptError, match="noise must have hand's shape"):
+        lasp_text_loss(raw, hand, scale, noise=noise[:1], group_templates=method.group_templates)

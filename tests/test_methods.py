@@ -65,6 +65,27 @@ def test_class_specific_context_refuses_new_classes(tiny_vit):
     assert unified.class_features().shape == (2, 32)
 
 
+def test_coop_class_specific_init_as_released(tiny_vit, caplog):
+    """Random class-specific context: every class drawn independently, the same N(0, 0.02) draw as one
+    [C, n, W] tensor; with init words: one shared context (released), or per-class copies (option)."""
+    csc = build_method("coop", tiny_vit, NAMES, {"n_ctx": 4, "class_specific": True, "init_seed": 5})
+    expected = torch.randn(4, 4, 32, generator=torch.Generator().manual_seed(5)) * 0.02
+    assert torch.equal(csc.ctx.detach(), expected)
+    assert all(not torch.equal(csc.ctx[0], csc.ctx[i]) for i in range(1, 4))  # classes start apart
+    words = tiny_vit.embed_tokens(tiny_vit.tokenize(["a photo of a"])[:, 1:5])[0].detach()
+    with caplog.at_level("INFO", logger="vlprompt.methods.coop"):
+        shared = build_method("coop", tiny_vit, NAMES, {"ctx_init": "a photo of a", "class_specific": True})
+    assert shared.ctx.shape == (4, 32) and shared.class_agnostic and torch.allclose(shared.ctx, words)
+    assert "keeps one shared context" in caplog.text
+    shared.set_classnames(["a", "b"])  # unified: new classes are fine
+    copies = build_method("coop", tiny_vit, NAMES, {"ctx_init": "a photo of a", "class_specific": True,
+                                                   "csc_word_init": "copies"})
+    assert copies.ctx.shape == (4, 4, 32) and not copies.class_agnostic
+    assert all(torch.allclose(copies.ctx[i], words) for i in range(4))
+    with pytest.raises(VLPromptError, match="csc_word_init 'each' is not one of"):
+        build_method("coop", tiny_vit, NAMES, {"csc_word_init": "each"})
+
+
 def test_cocoop_batched_equals_per_image_loop(tiny_vit):
     torch.manual_seed(0)
     cocoop = build_method("cocoop", tiny_vit, NAMES, {})

@@ -286,3 +286,20 @@ def test_backbone_groups_equal_whole_prompts(any_backbone, checkpointing):
 def test_report_largest_differences():
     """Runs last in this file: prints the largest shared-vs-plain differences seen (pytest -s)."""
     print("\nshared-prefix vs plain, max |diff|:", {k: f"{v:.2e}" for k, v in MAX_SEEN.items()})
+
+
+def test_the_path_taken_is_logged_once_with_its_reason(tiny_vit, caplog):
+    W = tiny_vit.identity.width
+    front = PromptAssembler(tiny_vit, "{class} {ctx}.", {"class": NAMES}, {"ctx": 4})
+    end = PromptAssembler(tiny_vit, "{ctx} {class}.", {"class": NAMES}, {"ctx": 4})
+    ctx = torch.zeros(4, W)
+    with caplog.at_level("INFO", logger="vlprompt.prompts.assembler"):
+        for _ in range(3):
+            front.encode(ctx=ctx)
+            end.encode(ctx=ctx)
+        end.encode(ctx=torch.zeros(len(NAMES), 4, W))  # class-specific context: plain, a new reason
+    lines = [r.getMessage() for r in caplog.records if r.name == "vlprompt.prompts.assembler"]
+    assert len(lines) == 3, lines
+    assert "'{class} {ctx}.': plain path (the positions all prompts share end before position 2" in lines[0]
+    assert lines[1] == "prompt '{ctx} {class}.': shared-prefix path (5 leading positions encoded once)"
+    assert "plain path" in lines[2] and "class-specific context" in lines[2]

@@ -15,6 +15,8 @@ import argparse
 import errno
 import os
 import sys
+import warnings
+from typing import NoReturn
 
 from vlprompt import __version__
 from vlprompt.commands import load_commands
@@ -23,7 +25,8 @@ from vlprompt.threads import set_requested
 
 # OSErrors that describe the user's files or disk, not a bug: one `error:` line, exit 2.
 _EXPECTED_OS_ERRORS = (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
-_EXPECTED_ERRNOS = {errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_EXPECTED_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EFBIG, errno.EACCES, errno.ENAMETOOLONG, errno.ELOOP,
+                    getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -47,6 +50,10 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        """An argument error is one `error:` line (exit 2) like every other, pointing at --help."""
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,8 +82,21 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning on the command line is one `warning:` line (no source line, no file position)."""
+    return f"warning: {message}\n"
+
+
 def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
+    try:
+        return _run_command(args)
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         set_requested(getattr(args, "threads", None))
         args.run(args)
@@ -102,7 +122,7 @@ def describe_os_error(exc: OSError) -> str:
     reason = exc.strerror or str(exc) or type(exc).__name__
     files = [f for f in (exc.filename, exc.filename2) if f is not None]
     where = " -> ".join(os.fsdecode(f) if isinstance(f, (str, bytes, os.PathLike)) else str(f) for f in files)
-    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+    if exc.errno in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)):
         reason += " (free some space, or point $VLPROMPT_CACHE / the output directory elsewhere)"
     return f"{reason}: {where}" if where else reason
 

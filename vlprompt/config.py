@@ -147,6 +147,17 @@ class ExperimentConfig:
         output_dir = data.get("output_dir")
         if output_dir is not None and not isinstance(output_dir, str):
             raise VLPromptError(f"output_dir must be a path, got {output_dir!r}")
+        # a run has one folder: train.output_dir is another name for output_dir, never a second folder
+        train_dir = train_values.pop("output_dir", None)
+        if train_dir is not None:
+            if not isinstance(train_dir, str):
+                raise VLPromptError(f"train.output_dir must be a path, got {train_dir!r}")
+            if output_dir is not None and Path(output_dir) != Path(train_dir):
+                raise VLPromptError(
+                    f"train.output_dir ({train_dir}) and output_dir ({output_dir}) differ: a run writes everything "
+                    "(checkpoints, prompt, experiment.json, split files) to one folder; set output_dir only"
+                )
+            output_dir = train_dir
         config = cls(
             task=task.name,
             backbone=from_dict(BackboneSection, data.get("backbone"), "'backbone' section"),

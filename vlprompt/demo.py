@@ -66,7 +66,7 @@ def run_demo(data_root: str | None = None, out_dir: Path = Path("runs/demo"), qu
         config = ExperimentConfig.load(DEMO_CONFIG, overrides)
         print(f"  {name}: zero-shot {zero['metrics']['top1']:.2f}; training CoOp ({config.protocol.shots} shots, "
               f"{config.train.epochs} epochs) ...", flush=True)
-        result = api.run_experiment(config, backbone=backbone)
+        result = api.run_experiment(config, backbone=backbone, overwrite=True)
         rows.append(
             {
                 "dataset": name,

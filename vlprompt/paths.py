@@ -26,7 +26,12 @@ def cache_dir(*parts: str) -> Path:
         os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "vlprompt"
     )
     path = Path(root).joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file in the way, no permission, a read-only file system
+        raise VLPromptError(
+            f"cannot use the cache folder {path}: {error.strerror or error} (set ${CACHE_ENV} to a writable folder)"
+        ) from None
     return path
 
 
@@ -120,6 +125,25 @@ def _concerns(error: OSError, paths: tuple[Path, ...]) -> bool:
     if error.errno not in WRITE_ERRNOS:
         return False
     return error.filename is None or any(os.fspath(error.filename) == os.fspath(p) for p in paths)
+
+
+def check_writable(final: str | os.PathLike) -> None:
+    """Fail now, with `atomic_path`'s one line, if `final` could not be written later (a read-only or
+    forbidden folder, a directory in the way), so that no work is done for results that would be lost."""
+    final = Path(final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _write_error(final, final, error) from None
+    target, in_place = _write_target(final)
+    if in_place:  # a device or FIFO: opened when written (opening a FIFO now would block)
+        return
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
+    except OSError as error:
+        raise _write_error(final, target, error) from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 @contextlib.contextmanager

@@ -16,9 +16,11 @@ from typing import Any
 
 from vlprompt.backbones import Backbone, load_backbone
 from vlprompt.config import ExperimentConfig
+from vlprompt.devices import check_device_available
 from vlprompt.engine.cache import FeatureCache
 from vlprompt.engine.fit import fit_method
 from vlprompt.engine.logging import write_json
+from vlprompt.engine.run_folder import owning
 from vlprompt.engine.trainer import seed_everything
 from vlprompt.methods.base import MethodContext, PromptMethod, build_method
 from vlprompt.tasks.base import TASKS, TaskPlan
@@ -45,23 +47,37 @@ def run_experiment(
     train: bool = True,
     prompt: str | Path | None = None,
     cache: FeatureCache | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train (or fit) one method under one task and protocol, evaluate it, save the prompt and
     ``experiment.json`` in the run's folder (``output_dir``, or ``runs/<method>/<dataset>/<run>``).
 
-    `train=False` evaluates the method as built (zero-shot); `prompt` evaluates a saved prompt.
+    `train=False` evaluates the method as built (zero-shot); `prompt` evaluates a saved prompt. The
+    run locks its folder; a folder holding an earlier run is refused unless `resume` (continue it) or
+    `overwrite` (replace it).
     """
+    with owning(resume=resume, overwrite=overwrite):
+        return _run(config, resume, backbone, train, prompt, cache)
+
+
+def _run(config: ExperimentConfig, resume: bool, backbone: Backbone | None, train: bool, prompt: str | Path | None,
+         cache: FeatureCache | None) -> dict[str, Any]:
     started = time.perf_counter()
+    for device, where in ((config.train.device, "train.device"), (config.backbone.device, "backbone.device")):
+        if device != "auto":  # a missing GPU is one line before any folder or model is made
+            check_device_available(device, where)
     task = TASKS.get(config.task)
     plan = task.plan(config)  # the data first: a missing dataset fails before a backbone download
     backbone = backbone or load_backbone(config.backbone.name, config.backbone.pretrained, config.backbone.device)
     threads = apply_threads(backbone)
     method = _method_for(config, plan, backbone, prompt)
-    train_config = dataclasses.replace(config.train, output_dir=str(plan.out_dir))
+    train_config = dataclasses.replace(config.train, output_dir=str(plan.out_dir), **plan.train_overrides)
     cache = cache or FeatureCache(num_workers=train_config.num_workers, progress=train_config.progress)
     training: dict[str, Any] = {}
     if train and prompt is None:
-        training = fit_method(method, plan.train, plan.val, train_config, cache, resume=resume)
+        training = fit_method(method, plan.train, plan.val, train_config, cache, resume=resume,
+                              train_transform=plan.train_transform(backbone) if plan.train_transform else None,
+                              selector=plan.selector)
     method.to(backbone.device)
     metrics = plan.evaluate(method, cache)
     method.set_label_space(plan.labels)  # the prompt records the labels it was trained on

@@ -11,6 +11,7 @@ from torch import nn
 
 from vlprompt.backbones.capabilities import Capability
 from vlprompt.backbones.deep_prompts import DeepPrompts, VisualPrompts
+from vlprompt.backbones.text_layout import TextLayout
 from vlprompt.errors import VLPromptError
 
 
@@ -46,7 +47,28 @@ class BackboneIdentity:
         return (self.source, self.name, self.pretrained) == (other.source, other.name, other.pretrained)
 
     def describe(self) -> str:
-        return f"{self.name} ({self.pretrained or 'random weights'})"
+        return describe_identity(self.to_dict())
+
+
+def weight_source(ident: dict) -> str:
+    """Where an identity's weights came from, in words: the tag or file, the checkpoint file a name
+    points at (``openai:<file>`` records no tag), an in-memory state dict, or random weights."""
+    pretrained, digest = ident.get("pretrained"), ident.get("weights_hash")
+    if pretrained and str(pretrained).startswith(STATE_DICT_TAG):
+        return f"in-memory state dict, weights {digest}"
+    if pretrained and pretrained != "torchscript":
+        return str(pretrained)
+    if ident.get("source") == "openai":
+        return f"OpenAI-layout checkpoint file, weights {digest}" if digest else "OpenAI-layout checkpoint file"
+    return f"weights {digest}" if digest else "random weights"
+
+
+def describe_identity(ident: dict) -> str:
+    """``name (weight source)``, e.g. ``ViT-B-16 (openai)`` or ``/m/ViT-B-16.pt (OpenAI-layout checkpoint file, ...)``."""
+    return f"{ident.get('name')} ({weight_source(ident)})"
+
+
+STATE_DICT_TAG = "state_dict:"  # `pretrained` recorded for a backbone built from an in-memory state dict
 
 
 class Backbone(nn.Module):
@@ -123,6 +145,31 @@ class Backbone(nn.Module):
         self.require(Capability.TEXT_TOKEN_STATES, "pool_text_states")
         raise NotImplementedError
 
+    def text_block_count(self) -> int:
+        """How many text blocks deep prompts can address (depth J <= this). `Capability.DEEP_TEXT_PROMPTS`."""
+        self.require(Capability.DEEP_TEXT_PROMPTS, "text_block_count")
+        raise NotImplementedError
+
+    def image_prompt_shape(self) -> tuple[int, int]:
+        """(image blocks, image token width) for visual prompts. `Capability.VISUAL_PROMPTS`."""
+        self.require(Capability.VISUAL_PROMPTS, "image_prompt_shape")
+        raise NotImplementedError
+
+    def text_states_with_layout(
+        self, embeds: torch.Tensor, eot_index: torch.Tensor, layout: TextLayout, truncate: bool = True
+    ) -> torch.Tensor:
+        """`text_token_states` with `layout`'s extra attention blocks and position ids (Tailor's composed
+        prompts). `Capability.TEXT_LAYOUT`; an empty layout is the plain forward."""
+        self.require(Capability.TEXT_LAYOUT, "text_states_with_layout")
+        raise NotImplementedError
+
+    def encode_text_with_layout(
+        self, embeds: torch.Tensor, eot_index: torch.Tensor, layout: TextLayout, truncate: bool = True
+    ) -> torch.Tensor:
+        """``[N, D]`` features of `text_states_with_layout` (final norm, pooling, projection)."""
+        self.require(Capability.TEXT_LAYOUT, "encode_text_with_layout")
+        return self.pool_text_states(self.text_states_with_layout(embeds, eot_index, layout, truncate), eot_index)
+
     def shared_prefix_unsupported(self) -> str | None:
         """Why `encode_text_embeds_shared` cannot run exactly on this tower now (None: it can)."""
         if not self.supports(Capability.SHARED_PREFIX):
@@ -142,7 +189,8 @@ class Backbone(nn.Module):
         prefix ``[S, W]`` or ``[G, S, W]``; suffix ``[N, T, W]`` or ``[G, N, T, W]`` (prompt n of group g
         is ``cat(prefix[g], suffix[g, n])``); eot_index ``[N]``: pooled positions in the whole prompt,
         all >= S. Returns ``[N, D]`` or ``[G, N, D]``, equal to `encode_text_embeds` on the whole prompts.
-        `Capability.SHARED_PREFIX`. Deep prompts are refused here for now: they take the plain path.
+        `Capability.SHARED_PREFIX`. `deep` prompts are taken when their tokens are shared ``[n, W]`` tensors
+        whose positions lie inside the prefix (they are then class-independent, so the prefix stays shared).
         """
         self.require(Capability.SHARED_PREFIX, "encode_text_embeds_shared")
         raise NotImplementedError

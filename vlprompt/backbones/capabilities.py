@@ -20,6 +20,7 @@ class Capability(str, Enum):
     IMAGE_NORMS = "the image tower's block LayerNorms"  # image_norm_parameters
     DEEP_TEXT_PROMPTS = "deep text prompts"  # encode_text_embeds(..., deep=DeepPrompts)
     VISUAL_PROMPTS = "visual prompts"  # encode_image(..., visual=VisualPrompts)
+    TEXT_LAYOUT = "custom text attention masks and positions"  # text_states_with_layout(..., TextLayout)
 
     def __str__(self) -> str:
         return self.value

@@ -42,6 +42,7 @@ from vlprompt.backbones.open_clip_backbone import (
 from vlprompt.backbones.open_clip_vision import OpenClipImageSide, vision_capabilities
 from vlprompt.backbones.pretrained import build_open_clip
 from vlprompt.backbones.registry import BACKBONE_SOURCES
+from vlprompt.backbones.text_layout import TextLayout
 from vlprompt.errors import VLPromptError
 
 _EOT_RULES: dict[str, Callable[[torch.Tensor, TextTransformer], torch.Tensor]] = {
@@ -96,6 +97,11 @@ class OpenClipTextTower:
         self, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool, deep: DeepPrompts | None = None
     ) -> torch.Tensor:
         return text_tower_states(self.parts, embeds, eot_index, truncate and self.causal, deep)
+
+    def states_with_layout(
+        self, embeds: torch.Tensor, eot_index: torch.Tensor, layout: TextLayout, truncate: bool
+    ) -> torch.Tensor:
+        return text_tower_states(self.parts, embeds, eot_index, truncate and self.causal, layout=layout)
 
     def pool(self, states: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
         return pool_text_states(self.parts, states, eot_index)
@@ -262,6 +268,16 @@ class CustomTextClipBackbone(OpenClipImageSide, Backbone):
     def pool_text_states(self, states: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
         self.require(Capability.TEXT_TOKEN_STATES, "pool_text_states")
         return self.tower.pool(states, eot_index)
+
+    def text_block_count(self) -> int:
+        self.require(Capability.DEEP_TEXT_PROMPTS, "text_block_count")
+        return len(self.tower.parts.transformer.resblocks)
+
+    def text_states_with_layout(
+        self, embeds: torch.Tensor, eot_index: torch.Tensor, layout: TextLayout, truncate: bool = True
+    ) -> torch.Tensor:
+        self.require(Capability.TEXT_LAYOUT, "text_states_with_layout")
+        return self.tower.states_with_layout(embeds, eot_index, layout, truncate)
 
     def shared_prefix_unsupported(self) -> str | None:
         return "CustomTextCLIP towers have no shared-prefix encoding in vlprompt (whole prompts are encoded)"

@@ -52,6 +52,15 @@ def replace_positions(x: torch.Tensor, tokens: torch.Tensor, start: int) -> torc
     return torch.cat([x[:, :start], _per_sequence(tokens, x), x[:, start + n :]], dim=1)
 
 
+def add_positions(x: torch.Tensor, offsets: torch.Tensor, start: int) -> torch.Tensor:
+    """``x [B, L, W]`` with `offsets` (``[n, W]`` or ``[B, n, W]``) added to positions ``[start, start + n)``
+    (Qin & Eisner's deep perturbation), out of place."""
+    n = offsets.shape[-2]
+    if start < 0 or start + n > x.shape[1]:
+        raise VLPromptError(f"prompt positions {start}..{start + n - 1} are outside the sequence of {x.shape[1]} tokens")
+    return torch.cat([x[:, :start], x[:, start : start + n] + _per_sequence(offsets, x), x[:, start + n :]], dim=1)
+
+
 def insert_positions(x: torch.Tensor, tokens: torch.Tensor, start: int) -> torch.Tensor:
     """``x [B, L, W]`` with `tokens` inserted before position `start`: ``[B, L + n, W]``."""
     return torch.cat([x[:, :start], _per_sequence(tokens, x), x[:, start:]], dim=1)
@@ -69,6 +78,7 @@ class DeepPrompts:
 
     layers: tuple[torch.Tensor, ...]
     start: int = 1  # after [SOS]; the prompt assembler's first context position
+    additive: bool = False  # add the layers to the states (offsets, Qin & Eisner) instead of replacing them
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -122,4 +132,4 @@ class VisualPrompts:
         return self.deep[index - 1] if 1 <= index <= len(self.deep) else None
 
 
-__all__ = ["DeepPrompts", "VisualPrompts", "drop_positions", "insert_positions", "replace_positions"]
+__all__ = ["DeepPrompts", "VisualPrompts", "add_positions", "drop_positions", "insert_positions", "replace_positions"]

@@ -18,6 +18,7 @@ from vlprompt.backbones.open_clip_vision import OpenClipImageSide, vision_capabi
 from vlprompt.backbones.pretrained import build_open_clip
 from vlprompt.backbones.registry import BACKBONE_SOURCES
 from vlprompt.backbones.shared_prefix import shared_prefix_forward, unsupported_reason
+from vlprompt.backbones.text_layout import TextLayout
 from vlprompt.errors import VLPromptError
 from vlprompt.registry import unknown_name_message
 
@@ -35,10 +36,10 @@ class TextTowerParts:
 
 
 def text_capabilities(tower: TextTowerParts) -> set[Capability]:
-    """Token states always; deep prompts when the blocks run as open_clip's own loop."""
+    """Token states always; deep prompts and custom layouts when the blocks run as open_clip's own loop."""
     caps = {Capability.TEXT_TOKEN_STATES}
     if runs_as_blocks(tower.transformer):
-        caps.add(Capability.DEEP_TEXT_PROMPTS)
+        caps |= {Capability.DEEP_TEXT_PROMPTS, Capability.TEXT_LAYOUT}
     return caps
 
 
@@ -54,17 +55,28 @@ def run_text_tower(
 
 
 def text_tower_states(
-    tower: TextTowerParts, embeds: torch.Tensor, eot_index: torch.Tensor, truncate: bool, deep: DeepPrompts | None = None
+    tower: TextTowerParts,
+    embeds: torch.Tensor,
+    eot_index: torch.Tensor,
+    truncate: bool,
+    deep: DeepPrompts | None = None,
+    layout: TextLayout | None = None,
 ) -> torch.Tensor:
     """The last block's token states ``[N, L', W]`` (before the final norm); L' is cut after the longest
     EOT with `truncate` (exact for causal towers pooling at the EOT). `deep` prompts replace the prompt
-    positions' states at the input of blocks 1..J-1 (the caller checked `text_capabilities`)."""
+    positions' states at the input of blocks 1..J-1, and a `layout` adds attention blocks and re-indexes
+    positions (the caller checked `text_capabilities`)."""
     cast = tower.transformer.get_cast_dtype()
     length = embeds.shape[1]
     if truncate and tower.pool_type in ("argmax", "eos"):
         length = int(eot_index.max()) + 1
-    x = embeds[:, :length].to(tower.positional_embedding.device, cast) + tower.positional_embedding[:length].to(cast)
-    mask = tower.attn_mask[:length, :length] if tower.attn_mask is not None else None
+    if layout is None:
+        x = embeds[:, :length].to(tower.positional_embedding.device, cast) + tower.positional_embedding[:length].to(cast)
+        mask = tower.attn_mask[:length, :length] if tower.attn_mask is not None else None
+    else:
+        positional = layout.positions(length, tower.positional_embedding)
+        x = embeds[:, :length].to(tower.positional_embedding.device, cast) + positional.to(cast)
+        mask = layout.mask(length, tower.attn_mask, cast, x.device)
     if deep is None or not deep.layers:
         return tower.transformer(x, attn_mask=mask)
     return run_blocks(tower.transformer, x, mask, deep, deep.start)
@@ -155,6 +167,16 @@ class OpenClipBackbone(OpenClipImageSide, Backbone):
     def pool_text_states(self, states: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
         return pool_text_states(self.text_tower, states, eot_index)
 
+    def text_block_count(self) -> int:
+        self.require(Capability.DEEP_TEXT_PROMPTS, "text_block_count")
+        return len(self.model.transformer.resblocks)
+
+    def text_states_with_layout(
+        self, embeds: torch.Tensor, eot_index: torch.Tensor, layout: TextLayout, truncate: bool = True
+    ) -> torch.Tensor:
+        self.require(Capability.TEXT_LAYOUT, "text_states_with_layout")
+        return text_tower_states(self.text_tower, embeds, eot_index, truncate and self.causal, layout=layout)
+
     def shared_prefix_unsupported(self) -> str | None:
         reason = self._shared_prefix_static
         if reason is None and any(b.training and b.attn.dropout > 0 for b in self.model.transformer.resblocks):
@@ -169,11 +191,6 @@ class OpenClipBackbone(OpenClipImageSide, Backbone):
         truncate: bool = True,
         deep: DeepPrompts | None = None,
     ) -> torch.Tensor:
-        if deep is not None and deep.layers:
-            raise VLPromptError(
-                f"{self.identity.name}: shared-prefix encoding takes no deep prompts yet; encode whole prompts "
-                "(encode_text_embeds(..., deep=...)) or set use_shared_prefix = False"
-            )
         reason = self.shared_prefix_unsupported()
         if reason is not None:
             raise VLPromptError(f"{self.identity.name}: shared-prefix encoding is not exact here: {reason}")
@@ -191,13 +208,22 @@ class OpenClipBackbone(OpenClipImageSide, Backbone):
         eot = eot_index.to(suffix.device) - S
         if int(eot.min()) < 0:
             raise VLPromptError(f"shared prefix of {S} positions covers a pooled position {int(eot.min()) + S}")
+        if deep is not None and deep.layers and (
+            deep.start + deep.n_tokens > S or any(t.dim() != 2 for t in deep.layers)
+        ):
+            raise VLPromptError(
+                f"{self.identity.name}: shared-prefix encoding takes deep prompts only as shared [n, W] tokens inside "
+                f"the shared prefix (positions {deep.start}..{deep.start + deep.n_tokens - 1}, prefix {S}); "
+                "encode whole prompts (encode_text_embeds(..., deep=...)) instead"
+            )
         if truncate:  # causal tower: positions after the last pooled one are never read
             T = min(T, int(eot.max()) + 1)
         positional = model.positional_embedding.to(cast)
         x_p = prefix.to(cast) + positional[:S]
         x_s = suffix[:, :, :T].to(cast) + positional[S : S + T]
         x = shared_prefix_forward(
-            model.transformer.resblocks, x_p, x_s, grad_checkpointing=model.transformer.grad_checkpointing
+            model.transformer.resblocks, x_p, x_s, grad_checkpointing=model.transformer.grad_checkpointing,
+            deep=deep if deep is not None and deep.layers else None,
         )
         x = model.ln_final(x[:, torch.arange(x.shape[1], device=x.device), eot])  # [G, N, W]
         projection = model.text_projection

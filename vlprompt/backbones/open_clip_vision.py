@@ -81,6 +81,11 @@ class OpenClipImageSide:
         self.require(Capability.VISUAL_PROMPTS, "encode_image(visual=...)")
         return self.pool_image_states(self.image_token_states(images, visual))
 
+    def image_prompt_shape(self) -> tuple[int, int]:
+        self.require(Capability.VISUAL_PROMPTS, "image_prompt_shape")
+        transformer = self.model.visual.transformer
+        return len(transformer.resblocks), int(transformer.width)
+
     def image_token_states(self, images: torch.Tensor, visual: VisualPrompts | None = None) -> torch.Tensor:
         self.require(Capability.IMAGE_TOKEN_STATES, "image_token_states")
         if visual is not None:

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-from vlprompt.backbones.base import BackboneIdentity
+from vlprompt.backbones.base import STATE_DICT_TAG, BackboneIdentity
 from vlprompt.backbones.open_clip_backbone import OpenClipBackbone
 from vlprompt.backbones.pretrained import is_checkpoint_path
 from vlprompt.backbones.registry import BACKBONE_SOURCES
-from vlprompt.backbones.weights import file_sha256, load_into, read_state_dict, short_hash
+from vlprompt.backbones.weights import file_sha256, load_into, read_state_dict, short_hash, state_dict_hash
 from vlprompt.errors import VLPromptError
 
 ALLOW_ENV = "VLPROMPT_ALLOW_TORCHSCRIPT"
@@ -85,11 +86,7 @@ def read_openai_state_dict(path: str | Path, allow_torchscript: bool = False) ->
         state = dict(archive.state_dict())
     else:
         state = read_state_dict(path)
-    state = {k: v for k, v in state.items() if k not in EXTRA_KEYS}
-    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise VLPromptError(f"{path}: entry {bad[0]!r} is not a tensor; not an OpenAI CLIP state dict")
-    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, digest
+    return clean_openai_state(state, str(path)), digest
 
 
 def build_openai_model(state: dict[str, torch.Tensor], where: str):
@@ -112,24 +109,39 @@ def build_openai_model(state: dict[str, torch.Tensor], where: str):
     return model.eval()
 
 
+def clean_openai_state(state: Mapping[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
+    """Tensors only (OpenAI's stored ints dropped), floating ones in fp32."""
+    state = {k: v for k, v in state.items() if k not in EXTRA_KEYS}
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise VLPromptError(f"{where}: entry {bad[0]!r} is not a tensor; not an OpenAI CLIP state dict")
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
 @BACKBONE_SOURCES.register("openai")
 def create_openai_backbone(
-    name: str, pretrained: str | None = None, device: str = "cpu", allow_torchscript: bool = False
+    name: str, pretrained: str | Mapping[str, torch.Tensor] | None = None, device: str = "cpu",
+    allow_torchscript: bool = False,
 ) -> OpenClipBackbone:
     """``openai:<file>`` (or ``openai:<label>`` with the file as `pretrained`); `pretrained` may also be
-    ``torchscript`` to allow an archive that is not a known OpenAI release."""
+    ``torchscript`` to allow an archive that is not a known OpenAI release, or an OpenAI-layout state dict
+    in memory (``load_backbone("openai:my-clip", state_dict)``: the label names it, the architecture is
+    inferred from the shapes, and the identity records ``state_dict:<content hash>``)."""
+    if isinstance(pretrained, Mapping):
+        state = clean_openai_state(pretrained, "in-memory state dict")
+        model = build_openai_model(state, "in-memory state dict")
+        digest = state_dict_hash(state)
+        return OpenClipBackbone(model.to(device), _identity(model, name or "state-dict", f"{STATE_DICT_TAG}{digest}", digest))
     if pretrained == TORCHSCRIPT_FLAG:
         allow_torchscript, pretrained = True, None
     file = pretrained if pretrained and (is_checkpoint_path(pretrained) or Path(pretrained).is_file()) else name
     state, digest = read_openai_state_dict(file, allow_torchscript)
     model = build_openai_model(state, str(file))
-    identity = BackboneIdentity(
-        source="openai",
-        name=str(file),
-        pretrained=TORCHSCRIPT_FLAG if allow_torchscript else None,
-        embed_dim=int(model.text_projection.shape[-1]),
-        width=model.transformer.width,
-        context_length=model.context_length,
-        weights_hash=short_hash(digest),
-    )
+    identity = _identity(model, str(file), TORCHSCRIPT_FLAG if allow_torchscript else None, short_hash(digest))
     return OpenClipBackbone(model.to(device), identity)
+
+
+def _identity(model, name: str, pretrained: str | None, weights_hash: str) -> BackboneIdentity:
+    return BackboneIdentity(source="openai", name=name, pretrained=pretrained,
+                            embed_dim=int(model.text_projection.shape[-1]), width=model.transformer.width,
+                            context_length=model.context_length, weights_hash=weights_hash)

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import open_clip
+import torch
 from torch import nn
 
 from vlprompt import network
+from vlprompt.backbones.base import STATE_DICT_TAG
 from vlprompt.backbones.registry import PRETRAINED_RESOLVERS
-from vlprompt.backbones.weights import file_sha256, load_into, read_state_dict, short_hash
+from vlprompt.backbones.weights import file_sha256, load_into, read_state_dict, short_hash, state_dict_hash
 from vlprompt.errors import VLPromptError
 from vlprompt.registry import unknown_name_message
 
@@ -28,8 +30,10 @@ WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 DEFAULT_TAG = "world"  # the CLI's and the config's default: the embedded world CLIP's weights
 
 
-def normalize_pretrained(pretrained: str | None) -> str | None:
-    """None for random weights (None, "", "none", "None"); any other value unchanged."""
+def normalize_pretrained(pretrained: str | Mapping | None) -> str | Mapping | None:
+    """None for random weights (None, "", "none", "None"); any other value (a state dict too) unchanged."""
+    if isinstance(pretrained, Mapping):
+        return pretrained
     if pretrained is None or str(pretrained).strip() in RANDOM_TAGS:
         return None
     return str(pretrained)
@@ -46,13 +50,20 @@ def ignored_by_own_weights(pretrained: str | None) -> bool:
 
 
 def build_open_clip(
-    name: str, pretrained: str | None, create: Callable[[str | None], nn.Module]
+    name: str, pretrained: str | Mapping[str, torch.Tensor] | None, create: Callable[[str | None], nn.Module]
 ) -> tuple[nn.Module, str | None, str | None]:
     """(model, `pretrained` as recorded in the identity, weights hash) for an open_clip architecture.
 
     `create(tag)` builds the architecture, with open_clip's own weights for a tag or fresh ones for None.
-    `pretrained`: None (random), a vlprompt resolver tag (``world``), a local checkpoint file, or an open_clip tag.
+    `pretrained`: None (random), a vlprompt resolver tag (``world``), a local checkpoint file, an open_clip
+    tag, or an in-memory state dict of the architecture (recorded as ``state_dict:<hash>``).
     """
+    if isinstance(pretrained, Mapping):
+        state = dict(pretrained)
+        weights_hash = state_dict_hash(state)
+        model = create(None)
+        load_into(model, state, "in-memory state dict", name)
+        return model, f"{STATE_DICT_TAG}{weights_hash}", weights_hash
     pretrained = normalize_pretrained(pretrained)
     if pretrained is None:
         return create(None), None, None

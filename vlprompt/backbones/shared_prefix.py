@@ -22,6 +22,8 @@ from open_clip.transformer import ResidualAttentionBlock, Transformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vlprompt.backbones.deep_prompts import DeepPrompts, replace_positions
+
 
 def unsupported_reason(transformer: nn.Module, attn_mask: torch.Tensor | None) -> str | None:
     """Why the shared-prefix path would not be exact for this text transformer (None: it is)."""
@@ -118,14 +120,28 @@ def shared_block(
 
 
 def shared_prefix_forward(
-    blocks: Sequence[nn.Module], x_p: torch.Tensor, x_s: torch.Tensor, grad_checkpointing: bool = False
+    blocks: Sequence[nn.Module],
+    x_p: torch.Tensor,
+    x_s: torch.Tensor,
+    grad_checkpointing: bool = False,
+    deep: DeepPrompts | None = None,
 ) -> torch.Tensor:
-    """Run the blocks on prefix [G, S, W] and suffixes [G, N, T, W]; returns the suffixes' output."""
+    """Run the blocks on prefix [G, S, W] and suffixes [G, N, T, W]; returns the suffixes' output.
+
+    `deep` prompts (shared ``[n, W]`` tokens whose positions lie inside the prefix) replace the prefix's
+    states at the input of blocks 1..J-1: the same tokens in every prompt, so the prefix stays shared."""
     if _dropout_active(blocks):
         raise RuntimeError("shared-prefix encoding needs attention dropout off")
     n = len(blocks)
+    if deep is not None:
+        deep.check(n)
+        if deep.layers and (deep.start + deep.n_tokens > x_p.shape[1] or any(t.dim() != 2 for t in deep.layers)):
+            raise ValueError("shared-prefix deep prompts must be shared [n, W] tokens inside the prefix")
     for i, block in enumerate(blocks):
         last = i == n - 1
+        tokens = deep.at_block(i) if deep is not None else None
+        if tokens is not None:
+            x_p = replace_positions(x_p, tokens, deep.start)
         if grad_checkpointing and torch.is_grad_enabled():
             x_p, x_s = checkpoint(shared_block, block, x_p, x_s, last, use_reentrant=False)
         else:

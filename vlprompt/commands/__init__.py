@@ -24,6 +24,22 @@ AddParser = Callable[[argparse._SubParsersAction], None]
 COMMANDS: Registry[AddParser] = Registry("command")
 
 
+def counted_int(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type`` for integers >= `minimum` (``--batch-size 0`` is an argument error, one line)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
 def add_threads_arg(parser: argparse.ArgumentParser) -> None:
     """``--threads N|auto``: torch's intra-op threads (`vlprompt.threads`); `vlprompt.cli` applies it."""
     parser.add_argument(

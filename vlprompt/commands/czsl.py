@@ -16,6 +16,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None,
                         help="the run's folder: experiment.json and the trained prompt (default runs/<method>/<dataset>/...)")
     parser.add_argument("--json", action="store_true", help="print the full results as JSON")
+    parser.add_argument("--plot", default=None, metavar="PNG",
+                        help="write the seen-vs-unseen accuracy curves (bias sweep) and HM of every result to PNG")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run already in the run's folder")
     add_threads_arg(parser)
     parser.add_argument("overrides", nargs="*", help="key.sub=value, e.g. method.name=csp eval.worlds=[closed,open]")
 
@@ -31,13 +34,17 @@ def _run(args: argparse.Namespace, train: bool) -> None:
     if args.out:
         overrides.append(f"output_dir={args.out}")
     config = ExperimentConfig.load(args.config, overrides)
-    out = run_experiment(config, train=train, prompt=getattr(args, "prompt", None))
+    out = run_experiment(config, train=train, prompt=getattr(args, "prompt", None), overwrite=args.overwrite)
+    if args.plot:
+        from vlprompt.czsl.plots import plot_curves
+
+        plot_curves(out["metrics"], args.plot, title=f"{out['method']} on {out['dataset']}")
     if args.json:
         print(json.dumps(out, indent=2, default=float))
     else:
         print(f"{out['method']} on {out['dataset']}: {out['dataset_summary']}")
         print(format_results(out["metrics"]))
-        print(f"results in {out['output_dir']}")
+        print(f"results in {out['output_dir']}" + (f"; curves in {args.plot}" if args.plot else ""))
 
 
 @COMMANDS.register("czsl")

@@ -121,6 +121,13 @@ def _datasets_command(sub: argparse._SubParsersAction) -> None:
     check.add_argument("--root", default=None, help="data root (default: $VLPROMPT_DATA)")
     check.add_argument("--decode", action="store_true", help="also decode every image (slow on big datasets)")
     check.set_defaults(run=_check)
+    export = actions.add_parser("export-wds", help="write a dataset as CLIP_benchmark webdataset shards")
+    export.add_argument("name", help="registered dataset name (world sets included), folder:PATH, csv:FILE.csv or wds:FOLDER")
+    export.add_argument("out", help="output folder (classnames.txt, templates, <split>/N.tar)")
+    export.add_argument("--root", default=None, help="data root (default: $VLPROMPT_DATA, or the embedded world's)")
+    export.add_argument("--splits", nargs="+", default=None, help="splits to write (default: all)")
+    export.add_argument("--shard-size", type=int, default=1000, help="samples per .tar shard")
+    export.set_defaults(run=_export_wds)
 
 
 def _list(args: argparse.Namespace) -> None:
@@ -135,8 +142,11 @@ def _list(args: argparse.Namespace) -> None:
 def _check(args: argparse.Namespace) -> None:
     import os
 
-    from vlprompt.data.registry import DATA_ENV, split_prefix
+    from vlprompt.data.registry import DATA_ENV, get_dataset_config, split_prefix
 
+    for name in args.name:  # an unknown name first: it is wrong whatever the root
+        if split_prefix(name) is None:
+            get_dataset_config(name)
     root = args.root or os.environ.get(DATA_ENV)
     if not root and any(split_prefix(name) is None for name in args.name):
         raise VLPromptError(f"no data root: pass --root DIR or set ${DATA_ENV}")
@@ -152,3 +162,14 @@ def _check(args: argparse.Namespace) -> None:
             print(summary(name, root))
     if failed:
         raise VLPromptError(f"{len(failed)} dataset(s) incomplete: {', '.join(failed)} (details above)")
+
+
+def _export_wds(args: argparse.Namespace) -> None:
+    from vlprompt.data.world import get_dataset
+    from vlprompt.interop.webdataset_export import export_wds
+
+    dataset = get_dataset(args.name, args.root)
+    counts = export_wds(dataset, args.out, splits=args.splits, shard_size=args.shard_size)
+    written = ", ".join(f"{split} {n}" for split, n in counts.items())
+    print(f"wrote {args.out}: {dataset.num_classes} classes, {written} samples "
+          f"(clip_benchmark: --dataset wds/NAME --dataset_root {args.out}; vlprompt: --dataset wds:{args.out})")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vlprompt.commands import COMMANDS, add_threads_arg
+from vlprompt.commands import COMMANDS, add_threads_arg, counted_int
 
 
 def _add_backbone_args(parser: argparse.ArgumentParser) -> None:
@@ -31,14 +31,28 @@ def _eval_command(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="test", help="the dataset split to evaluate (e.g. test, val)")
     parser.add_argument("--templates", default="dataset", help="dataset | single | imagenet80 | FILE")
     parser.add_argument("--prompt", default=None, help="a trained prompt checkpoint (default: zero-shot)")
-    parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
-    parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes; 0 loads in the main process")
+    parser.add_argument("--batch-size", type=counted_int(1), default=128, help="images per forward pass")
+    parser.add_argument("--workers", type=counted_int(0), default=0,
+                        help="data-loading worker processes; 0 loads in the main process")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    parser.add_argument(
+        "--format", default="vlprompt", choices=("vlprompt", "clip_benchmark"),
+        help="clip_benchmark: one CLIP_benchmark result file per dataset (see --output)",
+    )
+    parser.add_argument(
+        "--output", default="{dataset}_{pretrained}_{model}_{language}_{task}.json",
+        help="--format clip_benchmark: file pattern ({dataset} {model} {pretrained} {language} {task} {method})",
+    )
+    parser.add_argument("--language", default="en", help="--format clip_benchmark: the language recorded")
     _add_backbone_args(parser)
 
     def run(args: argparse.Namespace) -> None:
         from vlprompt import api
         from vlprompt.engine.zero_shot import format_results_table
+        from vlprompt.paths import check_writable
+
+        if args.json:  # an unwritable --json target fails before the evaluation, not after it
+            check_writable(args.json)
 
         results = api.evaluate(
             datasets=args.dataset,
@@ -54,6 +68,11 @@ def _eval_command(sub: argparse._SubParsersAction) -> None:
         )
         print(format_results_table(results))
         _write_json(results, args.json)
+        if args.format == "clip_benchmark":
+            from vlprompt.interop.clip_benchmark import write_clip_benchmark
+
+            for path in write_clip_benchmark(results, args.output, args.language):
+                print(f"wrote {path}")
 
     parser.set_defaults(run=run)
 
@@ -63,6 +82,7 @@ def _train_command(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("train", help="train a prompt: vlprompt train --config FILE [key=value ...]")
     parser.add_argument("--config", default=None, help="experiment YAML (path or relative to configs/)")
     parser.add_argument("--resume", action="store_true", help="continue the run in output_dir")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run already in output_dir")
     add_threads_arg(parser)
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.lr=0.01")
 
@@ -74,7 +94,7 @@ def _train_command(sub: argparse._SubParsersAction) -> None:
         config = ExperimentConfig.load(args.config, overrides)  # a typo fails here, before anything heavy
         from vlprompt.runner import format_experiment, run_experiment
 
-        result = run_experiment(config, resume=args.resume)
+        result = run_experiment(config, resume=args.resume, overwrite=args.overwrite)
         print(format_experiment(result))
         print(f"results in {result['output_dir']}")
 

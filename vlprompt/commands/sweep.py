@@ -45,7 +45,7 @@ def sweep_runner(config: dict[str, Any]):
             backbone_cache[key] = api.load_backbone(
                 experiment.backbone.name, experiment.backbone.pretrained, experiment.backbone.device
             )
-        result = api.run_experiment(experiment, backbone=backbone_cache[key])
+        result = api.run_experiment(experiment, backbone=backbone_cache[key], overwrite=True)  # the sweep owns its runs
         return {"metrics": api.headline(result["metrics"]), "result": result}
 
     return grid, run_one, out_dir

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vlprompt.commands import COMMANDS
+from vlprompt.commands import COMMANDS, counted_int
 from vlprompt.errors import VLPromptError
 
 
@@ -109,8 +109,14 @@ def _push(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from vlprompt.zoo.checkpoint import export_classifier
 
-    classifier = export_classifier(args.prompt, args.out, classnames=_classes_arg(args.classes), device=args.device)
-    print(f"wrote {args.out}: classifier {list(classifier.shape)} [embed_dim, classes] (+ {Path(args.out).with_suffix('.json')})")
+    classifier = export_classifier(
+        args.prompt, args.out, classnames=_classes_arg(args.classes), device=args.device, check_classnames=args.check_classnames
+    )
+    out = Path(args.out)
+    print(
+        f"wrote {out}: classifier {list(classifier.shape)} [embed_dim, classes] "
+        f"(+ {out.with_suffix('.json')}, class order in {out.with_suffix('.classnames.txt')})"
+    )
 
 
 def _add(args: argparse.Namespace) -> None:
@@ -144,7 +150,8 @@ def _zoo_command(sub: argparse._SubParsersAction) -> None:
     p = actions.add_parser("download", help="fetch entries into the cache (sha256-verified)")
     p.add_argument("names", nargs="*", help="zoo entry names")
     p.add_argument("--all", action="store_true", help="every entry")
-    p.add_argument("--retries", type=int, default=3, help="retries per URL source after a failed or broken transfer (resumed)")
+    p.add_argument("--retries", type=counted_int(0), default=3,
+                   help="retries per URL source after a failed or broken transfer (resumed)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds without data before a retry")
     p.set_defaults(run=_download)
 
@@ -165,6 +172,10 @@ def _zoo_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output .pt file")
     p.add_argument("--classes", default=None, help="'a,b,c' or a file with one class name per line")
     p.add_argument("--device", default="cpu", help="device that encodes the class texts: cpu, cuda, cuda:1 or auto")
+    p.add_argument(
+        "--check-classnames", default=None, metavar="FILE",
+        help="a classnames.txt (e.g. a CLIP_benchmark dataset's) the class order must match",
+    )
     p.set_defaults(run=_export)
 
     p = actions.add_parser("add", help="bundle a trained prompt in the package and list it in the registry (maintainers)")

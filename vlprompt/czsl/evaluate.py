@@ -19,9 +19,12 @@ from torch.utils.data import DataLoader
 
 from vlprompt.czsl.data import CZSLDataset
 from vlprompt.czsl.metrics import (
+    FEASIBILITY_RULES,
+    NO_THRESHOLD,
     ScoreAccumulator,
     apply_feasibility,
     feasibility_thresholds,
+    pick_threshold,
     summary_metrics,
 )
 from vlprompt.engine.features import extract_image_features
@@ -37,7 +40,11 @@ class EvalOptions:
     k: int = 8  # non-seen candidates kept per image (float32 rounding ties after a bias)
     num_workers: int = 0
     threshold_trials: int = 50  # open world: thresholds tried on val
-    legacy_feasibility: bool = False  # multiply-by-mask (published CSP/DFSP) instead of -inf
+    feasibility_rule: str = "multiply"  # open world: multiply (released CSP/DFSP Evaluator) | mask (-inf)
+
+    def __post_init__(self) -> None:
+        if self.feasibility_rule not in FEASIBILITY_RULES:
+            raise VLPromptError(f"feasibility_rule {self.feasibility_rule!r} is not one of {list(FEASIBILITY_RULES)}")
 
 
 def _no_seed(index: int) -> int:
@@ -67,6 +74,17 @@ def image_features(method: PairMethod, items: Sequence, state: dict[str, Any], o
 
 
 @torch.no_grad()
+def batch_scores(method: PairMethod, items: Sequence, state: dict[str, Any], options: EvalOptions) -> torch.Tensor:
+    """``[n, P]`` scores of a method whose text side depends on the image batch (DFSP ``img2txt``):
+    each batch of ``options.batch_size`` images scored on its own, as the released code does."""
+    backbone = method.backbone
+    loader = DataLoader(SeededImages(items, backbone.eval_transform, _no_seed), batch_size=options.batch_size,
+                        num_workers=options.num_workers)
+    return torch.cat([method.eval_batch_scores({"images": images.to(backbone.device)}, state).float().cpu()
+                      for images, _, _ in loader])
+
+
+@torch.no_grad()
 def stream_scores(method: PairMethod, state: dict[str, Any], images: torch.Tensor, n_pairs: int, chunk: int):
     """Yield ``(column slice, scores [n, chunk])`` over all pair columns."""
     scale = method.backbone.logit_scale.float()
@@ -82,9 +100,11 @@ def evaluate_phase(method: PairMethod, dataset: CZSLDataset, phase: str, options
                    search_threshold: bool = False) -> dict[str, Any]:
     """CZSL metrics of `method` on `phase` (``val`` / ``test``).
 
-    Open world with `feasibility` ``[P]``: `threshold` masks infeasible pairs; with
-    ``search_threshold=True`` all thresholds of the grid are scored in one pass and the one with the
-    best AUC is returned (``result["threshold"]``, CSP's rule: strictly better AUC, start -10).
+    Open world with `feasibility` ``[P]``: `threshold` filters infeasible pairs by
+    ``options.feasibility_rule`` (recorded in the result); with ``search_threshold=True`` all thresholds
+    of the grid are scored in one pass and the one with the best AUC is returned (``result["threshold"]``,
+    CSP's rule: strictly better AUC, start -10; when none beats AUC 0 the result is the one at -10,
+    threshold and statistics alike, and ``result["threshold_aucs"]`` lists the grid's AUCs).
     """
     options = options or EvalOptions()
     items = dataset.items[phase]
@@ -97,9 +117,16 @@ def evaluate_phase(method: PairMethod, dataset: CZSLDataset, phase: str, options
     pairs = dataset.all_pair_index
     seen, closed = dataset.seen_mask(), dataset.closed_mask(phase)
     state = method.prepare_eval(pairs)
-    feats = image_features(method, items, state, options, cache)
-    if feasibility is not None and search_threshold:
-        thresholds = feasibility_thresholds(feasibility, seen, options.threshold_trials)
+    if getattr(method, "batch_scores", False):
+        full = batch_scores(method, items, state, options)
+        blocks = ((slice(s, min(s + options.pair_chunk, len(pairs))), full[:, s : s + options.pair_chunk])
+                  for s in range(0, len(pairs), options.pair_chunk))
+    else:
+        blocks = stream_scores(method, state, image_features(method, items, state, options, cache), len(pairs),
+                               options.pair_chunk)
+    if feasibility is not None and search_threshold:  # the grid, then the released start value last
+        grid = feasibility_thresholds(feasibility, seen, options.threshold_trials)
+        thresholds = np.append(grid, NO_THRESHOLD)
     elif feasibility is not None:
         if threshold is None:
             raise VLPromptError("open-world evaluation with feasibility scores needs a threshold (or a search on val)")
@@ -108,24 +135,25 @@ def evaluate_phase(method: PairMethod, dataset: CZSLDataset, phase: str, options
         thresholds = None
     n_acc = 1 if thresholds is None else len(thresholds)
     accs = [ScoreAccumulator(labels["pair"], seen, closed, options.k) for _ in range(n_acc)]
-    for cols, block in stream_scores(method, state, feats, len(pairs), options.pair_chunk):
+    for cols, block in blocks:
         for i, acc in enumerate(accs):
             scores = block if thresholds is None else apply_feasibility(
-                block, feasibility, seen, float(thresholds[i]), options.legacy_feasibility, cols)
+                block, feasibility, seen, float(thresholds[i]), columns=cols, rule=options.feasibility_rule)
             acc.add_columns(scores)
     results = [summary_metrics(acc.summary(), labels["attr"], labels["obj"], labels["pair"], pairs, seen)
                for acc in accs]
     if thresholds is not None and search_threshold:
-        best_auc, best_i = 0.0, None
-        for i, r in enumerate(results):
-            if r["AUC"] > best_auc:
-                best_auc, best_i = r["AUC"], i
-        result = dict(results[best_i]) if best_i is not None else dict(results[0])
-        result["threshold"] = float(thresholds[best_i]) if best_i is not None else -10.0
+        best_i = pick_threshold([r["AUC"] for r in results[:-1]], thresholds[:-1])
+        best_i = len(results) - 1 if best_i is None else best_i
+        result = dict(results[best_i])
+        result["threshold"] = float(thresholds[best_i])
+        result["threshold_aucs"] = [r["AUC"] for r in results[:-1]]
     else:
         result = dict(results[0])
         if thresholds is not None:
             result["threshold"] = float(thresholds[0])
+    if feasibility is not None:
+        result["feasibility_rule"] = options.feasibility_rule
     method.train(was_training)
     result.update({"phase": phase, "open_world": dataset.open_world, "n_pairs": len(pairs),
                    "n_candidates": int(closed.sum()), "n_images": len(items),
@@ -141,3 +169,37 @@ def format_results(results: dict[str, dict[str, Any]]) -> str:
     for name, r in results.items():
         lines.append(f"{name:<24}" + "".join(f"{r.get(k, float('nan')):8.2f}" for k, _ in cols))
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def validation_loss(method: PairMethod, dataset: CZSLDataset, phase: str, train_labels: Any,
+                    options: EvalOptions | None = None, cache=None) -> float:
+    """The method's training loss on `phase` images with every pair of the split as a candidate, averaged
+    over batches of ``options.batch_size`` (the released DFSP's validation loss, its ``best_loss``)."""
+    options = options or EvalOptions()
+    items = dataset.items[phase]
+    labels = dataset.labels(phase)["pair"]
+    backbone = method.backbone
+    was_training = method.training
+    method.eval()
+    method.set_pairs(dataset.all_pair_index)
+    try:
+        losses = []
+        if method.needs_images:
+            loader = DataLoader(SeededImages(items, backbone.eval_transform, _no_seed), batch_size=options.batch_size,
+                                num_workers=options.num_workers)
+            batches = ({"images": images.to(backbone.device)} for images, _, _ in loader)
+        else:
+            feats = image_features(method, items, {}, options, cache)
+            batches = ({"features": feats[i : i + options.batch_size]} for i in range(0, len(items), options.batch_size))
+        start = 0
+        for batch in batches:
+            n = len(next(iter(batch.values())))
+            batch["labels"] = labels[start : start + n].to(method.pair_index.device)
+            start += n
+            loss, _ = method.loss(method(batch), batch)
+            losses.append(float(loss))
+    finally:
+        method.set_label_space(train_labels)
+        method.train(was_training)
+    return float(np.mean(losses)) if losses else float("nan")

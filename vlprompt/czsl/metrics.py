@@ -25,10 +25,13 @@ a bias) and the ground-truth score: O(n K) memory whatever P is.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from vlprompt.errors import VLPromptError
 
 BIAS = 1e3
 MAGIC_BINSIZE = 20
@@ -114,8 +117,11 @@ def _summarise(seen: np.ndarray, unseen: np.ndarray, biaslist: np.ndarray, bias:
         "biasterm": biasterm,
         "n_seen_images": int(seen_img.sum()),
         "n_unseen_images": int((~seen_img).sum()),
+        # the bias sweep behind AUC / best HM (last point: the fixed bias), for plots and debugging
+        "biaslist": [float(v) for v in biaslist] + [float(bias)],
         "curve_seen": [float(v) * 100 for v in seen],
         "curve_unseen": [float(v) * 100 for v in unseen],
+        "curve_hm": [float(v) * 100 for v in np.nan_to_num(hm)],
     }
 
 
@@ -306,19 +312,42 @@ def feasibility_thresholds(feasibility: torch.Tensor, seen_mask: torch.Tensor, t
     return np.linspace(low, high, num=trials)
 
 
-def apply_feasibility(scores: torch.Tensor, feasibility: torch.Tensor, seen_mask: torch.Tensor, threshold: float,
-                      legacy: bool = False, columns: slice | None = None) -> torch.Tensor:
-    """Mask infeasible pairs (``feasibility < threshold``; seen pairs are always kept).
+FEASIBILITY_RULES = ("multiply", "mask")
 
-    Default: infeasible scores become -inf. ``legacy=True``: the published CSP/DFSP/Troika rule
+
+def apply_feasibility(scores: torch.Tensor, feasibility: torch.Tensor, seen_mask: torch.Tensor, threshold: float,
+                      legacy: bool | None = None, columns: slice | None = None, rule: str = "multiply") -> torch.Tensor:
+    """Filter infeasible pairs (``feasibility < threshold``; seen pairs are always kept).
+
+    ``rule="multiply"`` (default): the released CSP/DFSP Evaluator's rule
     ``scores * (1[f >= th] + seen_mask)`` (infeasible -> 0; seen pairs doubled when th <= 0).
+    ``rule="mask"``: infeasible scores become -inf (stricter: a 0 can still outrank negative scores).
+    `legacy` (older keyword): True = multiply, False = mask.
     ``columns`` selects the pair columns `scores` covers (for streamed chunks).
     """
+    if legacy is not None:
+        rule = "multiply" if legacy else "mask"
+    if rule not in FEASIBILITY_RULES:
+        raise VLPromptError(f"feasibility rule {rule!r} is not one of {list(FEASIBILITY_RULES)}")
     cols = columns or slice(0, feasibility.shape[0])
     f = feasibility[cols].to(scores.device)
     seen = seen_mask[cols].to(scores.device)
     feasible = f >= threshold
-    if legacy:
+    if rule == "multiply":
         return scores * (feasible.to(scores.dtype) + seen.to(scores.dtype))
     keep = feasible | seen
     return scores.masked_fill(~keep, float("-inf"))
+
+
+NO_THRESHOLD = -10.0  # the released search's start: every pair passes (feasibility scores are >= -1)
+
+
+def pick_threshold(aucs: Sequence[float], thresholds: Sequence[float]) -> int | None:
+    """Index of the threshold with the best AUC, CSP/DFSP's rule (strictly better than the best so
+    far, starting at AUC 0); None when no threshold gives AUC > 0: the released search then keeps
+    `NO_THRESHOLD`, and the statistics must be those at `NO_THRESHOLD` too."""
+    best_auc, best_i = 0.0, None
+    for i, auc in enumerate(aucs):
+        if auc > best_auc:
+            best_auc, best_i = auc, i
+    return best_i

@@ -48,6 +48,14 @@ def table(runs: dict[str, list[dict]], split: str) -> str:
     return "\n".join(lines)
 
 
+def rules(runs: dict[str, list[dict]]) -> str:
+    """The CZSL rules the runs record (augmentation, epoch selection, open-world feasibility rule)."""
+    seen = {json.dumps(r.get("czsl_rules"), sort_keys=True) for results in runs.values() for r in results}
+    parts = [", ".join(f"{k}: {v}" for k, v in json.loads(s).items()) if s != "null" else "not recorded (before issue 15)"
+             for s in sorted(seen)]
+    return "rules: " + " | ".join(parts)
+
+
 def plot(runs: dict[str, list[dict]], splits: list[str], path: str | Path) -> None:
     import matplotlib
 
@@ -98,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--png")
     args = parser.parse_args(argv)
     runs = load_runs(args.runs)
+    print(rules(runs) + "\n")
     for split in args.split:
         print(f"### {split}\n\n{table(runs, split)}\n")
     if args.png:

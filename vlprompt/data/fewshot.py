@@ -6,6 +6,10 @@ generator derived from ``(seed, salt, classname)`` and its items are sorted by p
 picked for a class depend only on the seed and that class's own items. The sample is then written
 to a JSON split file (relative paths) so a later run, on this machine or another, reads back exactly
 the same images instead of re-sampling.
+
+``sampler="dassl"`` instead draws exactly as Dassl's ``DatasetBase.generate_fewshot_dataset`` does in
+the CoOp-family repositories (`sample_dassl`): the same seed then selects the same images as the
+papers' runs, given the same split file (CoOp's ``split_zhou_*.json``, read in its order).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 SPLIT_FILE_VERSION = 1
 VAL_SHOTS_CAP = 4  # CoOp: val set is min(shots, 4) images per class
+SAMPLERS = ("vlprompt", "dassl")
 
 
 def _check_shots(shots: int) -> None:
@@ -93,6 +98,29 @@ def sample_few_shot_val(items: Sequence[Item], shots: int, seed: int) -> list[It
     return sample_few_shot(items, val_shots(shots), seed, salt="val")
 
 
+def _dassl_fewshot(items: Sequence[Item], shots: int, rng: random.Random) -> list[Item]:
+    """Dassl's ``generate_fewshot_dataset(items, num_shots=shots)`` (repeat=True) with `rng` as the global
+    ``random``: classes in order of first appearance, ``rng.sample(items, K)`` per class in listed order,
+    ``rng.choices(items, k=K)`` (with repeats) for a class with fewer than K items."""
+    tracker: dict[int, list[Item]] = {}
+    for item in items:
+        tracker.setdefault(item.label, []).append(item)
+    chosen: list[Item] = []
+    for group in tracker.values():
+        chosen.extend(rng.sample(group, shots) if len(group) >= shots else rng.choices(group, k=shots))
+    return chosen
+
+
+def sample_dassl(train: Sequence[Item], val: Sequence[Item], shots: int, seed: int) -> tuple[list[Item], list[Item]]:
+    """The (train, val) few-shot sets of a CoOp / CoCoOp / KgCoOp run with ``--seed seed``: Dassl's
+    ``set_random_seed`` seeds the global ``random``, then the dataset class draws
+    ``generate_fewshot_dataset(train, num_shots=K)`` and ``generate_fewshot_dataset(val, num_shots=min(K, 4))``
+    from that one stream, in that order (``random.seed(s)`` and ``random.Random(s)`` give the same stream)."""
+    _check_shots(shots)
+    rng = random.Random(seed)
+    return _dassl_fewshot(train, shots, rng), _dassl_fewshot(val, val_shots(shots), rng)
+
+
 def write_split_file(path: str | Path, items: Sequence[Item], root: str | Path, meta: Mapping[str, Any]) -> Path:
     """Write items as JSON ``{"version", "meta", "items": [[relpath, label, classname]]}``, atomically.
 
@@ -137,15 +165,18 @@ def read_split_file(path: str | Path, root: str | Path) -> list[Item]:
     return items
 
 
-def split_file_path(cache_dir: str | Path, dataset: str, shots: int, seed: int, split: str) -> Path:
-    """Where `few_shot_split` keeps one sample: ``<cache_dir>/<dataset>/shot_<K>-seed_<S>.<split>.json``."""
-    return Path(cache_dir) / dataset / f"shot_{shots}-seed_{seed}.{split}.json"
+def split_file_path(cache_dir: str | Path, dataset: str, shots: int, seed: int, split: str, sampler: str = "vlprompt") -> Path:
+    """Where `few_shot_split` keeps one sample: ``<cache_dir>/<dataset>/shot_<K>-seed_<S>.<split>.json``
+    (``...seed_<S>.dassl.<split>.json`` for Dassl's sampler)."""
+    tag = "" if sampler == "vlprompt" else f".{sampler}"
+    return Path(cache_dir) / dataset / f"shot_{shots}-seed_{seed}{tag}.{split}.json"
 
 
 def _cached_or_sampled(path: Path, dataset: ClassificationDataset, meta: dict[str, Any], sample: list[Item] | None) -> list[Item]:
     if path.is_file():
         found = read_split_meta(path)
-        for key in ("dataset", "shots", "seed", "split"):
+        found.setdefault("sampler", "vlprompt")  # split files written before there was a choice
+        for key in ("dataset", "shots", "seed", "split", "sampler"):
             if found.get(key) != meta[key]:
                 raise VLPromptError(
                     f"split file {path} has {key}={found.get(key)!r} but this run needs {key}={meta[key]!r}; "
@@ -157,25 +188,43 @@ def _cached_or_sampled(path: Path, dataset: ClassificationDataset, meta: dict[st
     return sample
 
 
-def few_shot_split(dataset: ClassificationDataset, shots: int, seed: int, cache_dir: str | Path) -> tuple[list[Item], list[Item]]:
+def few_shot_split(
+    dataset: ClassificationDataset, shots: int, seed: int, cache_dir: str | Path, sampler: str = "vlprompt"
+) -> tuple[list[Item], list[Item]]:
     """The (train, val) few-shot sample for `(dataset, shots, seed)`, read from cache_dir if already drawn.
 
     Train has K per class from the ``train`` split; val has min(K, 4) per class from the ``val`` split,
     or, for a dataset without one, from train items not in the train sample. Both are saved as split
-    files so the run can be repeated exactly.
+    files so the run can be repeated exactly. `sampler`: ``vlprompt`` (per-class generators, see the
+    module docstring) or ``dassl`` (the CoOp-family repositories' draw, `sample_dassl`).
     """
     _check_shots(shots)
-    train_path = split_file_path(cache_dir, dataset.name, shots, seed, "train")
-    val_path = split_file_path(cache_dir, dataset.name, shots, seed, "val")
-    base_meta: dict[str, Any] = {"dataset": dataset.name, "shots": shots, "seed": seed}
-
+    if sampler not in SAMPLERS:
+        raise VLPromptError(f"few-shot sampler {sampler!r} is not one of {list(SAMPLERS)}")
+    train_path = split_file_path(cache_dir, dataset.name, shots, seed, "train", sampler)
+    val_path = split_file_path(cache_dir, dataset.name, shots, seed, "val", sampler)
+    base_meta: dict[str, Any] = {"dataset": dataset.name, "shots": shots, "seed": seed, "sampler": sampler}
     train_pool = dataset.split("train")
-    train_sample = None if train_path.is_file() else sample_few_shot(train_pool, shots, seed)
+    val_source = "val" if "val" in dataset.splits else "train (held out)"
     train_meta = {**base_meta, "split": "train", "short_classes": short_classes(train_pool, shots)}
+    val_meta = {**base_meta, "split": "val", "val_shots": val_shots(shots), "source": val_source}
+
+    if sampler == "dassl":
+        drawn: tuple[list[Item], list[Item]] | None = None
+        if not (train_path.is_file() and val_path.is_file()):
+            val_pool = dataset.split("val") if "val" in dataset.splits else []
+            drawn = sample_dassl(train_pool, val_pool, shots, seed)
+            if not val_pool:  # CoOp's ImageNet validates on test; here: held-out train items, drawn after
+                taken = set(drawn[0])
+                drawn = (drawn[0], sample_few_shot_val([i for i in train_pool if i not in taken], shots, seed))
+        train = _cached_or_sampled(train_path, dataset, train_meta, drawn[0] if drawn else None)
+        val = _cached_or_sampled(val_path, dataset, val_meta, drawn[1] if drawn else None)
+        return train, val
+
+    train_sample = None if train_path.is_file() else sample_few_shot(train_pool, shots, seed)
     train = _cached_or_sampled(train_path, dataset, train_meta, train_sample)
 
     val_sample = None
-    val_source = "val" if "val" in dataset.splits else "train (held out)"
     if not val_path.is_file():
         if "val" in dataset.splits:
             val_pool = dataset.split("val")
@@ -183,6 +232,5 @@ def few_shot_split(dataset: ClassificationDataset, shots: int, seed: int, cache_
             taken = set(train)
             val_pool = [item for item in train_pool if item not in taken]
         val_sample = sample_few_shot_val(val_pool, shots, seed)
-    val_meta = {**base_meta, "split": "val", "val_shots": val_shots(shots), "source": val_source}
     val = _cached_or_sampled(val_path, dataset, val_meta, val_sample)
     return train, val

@@ -4,6 +4,7 @@
     <folder>/zeroshot_classification_templates.txt   optional: one template per line, "{c}" for the class name
     <folder>/<split>/0.tar, 1.tar, ...               samples: <key>.{webp,jpg,png,...} + <key>.cls (label)
     <folder>/<split>/nshards.txt                     optional: the number of shards
+    <folder>/<split>/count.txt                       optional: the number of samples (DataComp's resharder)
 
 Nothing in this layout declares how many samples a split has, so each shard is checked as it is
 streamed (`tar_problem`): its headers must chain to tar's end-of-archive block. A shard cut inside a
@@ -64,6 +65,17 @@ class WdsInfo:
     classnames: list[str]
     templates: list[str]  # with "{}" for the class name (CLIP_benchmark writes "{c}")
     shards: dict[str, list[Path]]
+    counts: dict[str, int] = None  # type: ignore[assignment]  # split -> declared samples (count.txt)
+
+
+def _declared_count(split_dir: Path) -> int | None:
+    path = split_dir / "count.txt"
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8", errors="replace").strip()
+    if not text.isdigit():
+        raise VLPromptError(f"{path} must hold the split's number of samples, got {text[:40]!r}")
+    return int(text)
 
 
 def read_wds_info(folder: str | Path) -> WdsInfo:
@@ -75,6 +87,7 @@ def read_wds_info(folder: str | Path) -> WdsInfo:
     template_file = folder / "zeroshot_classification_templates.txt"
     templates = [t.replace("{c}", "{}") for t in read_lines(template_file, "templates file")] if template_file.is_file() else []
     shards: dict[str, list[Path]] = {}
+    counts: dict[str, int] = {}
     for split_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
         tars = sorted(split_dir.glob("*.tar"), key=lambda p: (len(p.stem), p.stem))
         if not tars:
@@ -90,9 +103,12 @@ def read_wds_info(folder: str | Path) -> WdsInfo:
                     f"missing (e.g. {split_dir / missing[0]})"
                 )
         shards[split_dir.name] = tars
+        declared = _declared_count(split_dir)
+        if declared is not None:
+            counts[split_dir.name] = declared
     if not shards:
         raise VLPromptError(f"webdataset folder {folder} has no <split>/*.tar shards")
-    return WdsInfo(folder, classnames, templates, shards)
+    return WdsInfo(folder, classnames, templates, shards, counts)
 
 
 def image_key(names: Sequence[str]) -> str | None:
@@ -270,6 +286,17 @@ class WdsSplit:
         """``(transform(image), label, index)`` over the whole split on every rank (evaluation is not
         sharded across ranks, as for item lists); DataLoader workers share the shards."""
         return WdsClassification(self.info, self.split, transform, labels=self.labels, split_by_node=False)
+
+    def check_count(self, streamed: int) -> None:
+        """After a whole pass: the samples streamed must be what ``count.txt`` declares (a shard cut
+        at a member boundary and closed again is a valid, shorter tar: only the count shows it)."""
+        declared = (self.info.counts or {}).get(self.split)
+        if declared is None or self.labels is not None or streamed == declared:
+            return
+        raise WdsError(
+            f"webdataset split {self.source}: read {streamed} of the {declared} samples its count.txt declares; "
+            "a shard is missing or was cut short (check the shards, or fix count.txt)"
+        )
 
     def subset(self, labels: Sequence[int]) -> WdsSplit:
         """Only the samples of `labels` (labels of this split), relabelled 0..k-1 in that order."""

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.backbones.weights import state_dict_hash
@@ -58,6 +59,11 @@ def backbone_key(backbone: Backbone) -> str:
             _WEIGHT_PRINTS[backbone] = state_dict_hash(backbone.state_dict())
         key = f"{key}-w{_WEIGHT_PRINTS[backbone]}"
     return key
+
+
+def features_sha256(features: torch.Tensor) -> str:
+    """Checksum of a shard's feature bytes (recorded in its metadata, checked when it is read)."""
+    return hashlib.sha256(features.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 class _ViewSeed:
@@ -98,6 +104,7 @@ class FeatureCache:
         self._indexes: dict[Path, dict[str, tuple[Path, int]]] = {}
         self._seen: dict[Path, set[Path]] = {}
         self.computed = 0  # entries computed by this object (the rest were cache hits)
+        self.rebuilt = 0  # entries found damaged (checksum, non-finite, unreadable) and recomputed
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -168,11 +175,23 @@ class FeatureCache:
                 if len(names) != rows:
                     raise ValueError("key count does not match rows")
             except Exception:  # noqa: BLE001  a corrupt or foreign file: recompute its entries
+                warnings.warn(f"feature cache shard {shard} cannot be read: removed, its entries are recomputed",
+                              stacklevel=2)
                 self._discard(folder, shard)
                 continue
             for row, name in enumerate(names):
                 index[name] = (shard, row)
         return index
+
+    @staticmethod
+    def _content_problem(shard: Path, features: torch.Tensor) -> str | None:
+        """What is wrong with a shard's features: a checksum that does not match (bytes overwritten,
+        zeroed, bit rot) or, in shards written before checksums, values that are not finite."""
+        with safe_open(str(shard), framework="pt") as handle:
+            recorded = (handle.metadata() or {}).get("sha256")
+        if recorded is not None:
+            return None if features_sha256(features) == recorded else "fails its checksum (damaged)"
+        return None if bool(torch.isfinite(features).all()) else "holds non-finite values (damaged)"
 
     def _discard(self, folder: Path, shard: Path) -> None:
         index = self._indexes.get(folder, {})
@@ -195,7 +214,13 @@ class FeatureCache:
                 features = load_file(str(shard))["features"]
                 if features.ndim != 2 or features.shape[1] != dim:
                     raise ValueError(f"shape {tuple(features.shape)}")
-            except Exception:  # noqa: BLE001  truncated data behind a valid header, wrong shape...
+                problem = self._content_problem(shard, features)
+            except Exception as error:  # noqa: BLE001  truncated data behind a valid header, wrong shape...
+                problem = f"cannot be read ({type(error).__name__})"
+            if problem:
+                warnings.warn(f"feature cache shard {shard} {problem}: removed, its {len(places)} entries are "
+                              "recomputed", stacklevel=2)
+                self.rebuilt += len(places)
                 self._discard(folder, shard)
                 continue
             v_idx, n_idx, rows = (torch.tensor(col) for col in zip(*places))
@@ -259,7 +284,11 @@ class FeatureCache:
         digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
         shard = folder / f"shard-{digest}.safetensors"
         with atomic_path(shard) as tmp:
-            save_file({"features": features.contiguous()}, str(tmp), metadata={"keys": json.dumps(names)})
+            features = features.contiguous()
+            # serialised in memory, then one plain write: a full disk is an OSError that atomic_path
+            # reports as one line (safetensors' own writer raises its own error type)
+            tmp.write_bytes(save({"features": features},
+                                 metadata={"keys": json.dumps(names), "sha256": features_sha256(features)}))
         index = self._indexes.setdefault(folder, {})
         self._seen.setdefault(folder, set()).add(shard)
         for row, name in enumerate(names):

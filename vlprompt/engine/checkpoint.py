@@ -7,6 +7,7 @@ identity, so resuming against another backbone or other classes fails with a cle
 
 from __future__ import annotations
 
+import io
 import random
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """torch.save `payload` (+ format tag) to `path` atomically: a kill never truncates it."""
     payload = {"format": FORMAT, "version": VERSION, **payload}
+    buffer = io.BytesIO()  # serialised in memory: a full disk is then an OSError of a plain write, which
+    torch.save(payload, buffer)  # atomic_path reports (torch's own writer raises a bare RuntimeError)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

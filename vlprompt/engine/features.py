@@ -89,6 +89,9 @@ def stream_image_features(
         for images, batch_labels in image_batches(backbone, split.image_dataset, transform, batch_size, num_workers, progress):
             features.append(encode_normalized(backbone, images).cpu())
             labels.append(batch_labels.long().cpu())
+    check_count = getattr(split, "check_count", None)  # a split that declares its size (count.txt)
+    if check_count is not None:
+        check_count(sum(len(batch) for batch in labels))
     if not features:
         return torch.empty(0, backbone.identity.embed_dim), torch.empty(0, dtype=torch.long)
     return torch.cat(features).clone(), torch.cat(labels)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from vlprompt.devices import check_device_name
 from vlprompt.engine.optim import OPTIMIZERS, SCHEDULES
+from vlprompt.engine.reporters import check_report_to
 from vlprompt.errors import VLPromptError
 from vlprompt.typed_config import from_dict
 
@@ -36,6 +38,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     device: str = "auto"  # auto: cuda:LOCAL_RANK if available, else cpu
     progress: bool | None = None  # None: progress bars only on a terminal
+    report_to: list[str] = field(default_factory=list)  # trackers fed each epoch record: tensorboard, wandb
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, where: str = "train") -> TrainConfig:
@@ -56,5 +59,7 @@ class TrainConfig:
             raise VLPromptError(f"{where}: lr must be > 0, warmup_lr and weight_decay >= 0")
         OPTIMIZERS.get(self.optimizer)
         SCHEDULES.get(self.schedule)
+        check_device_name(self.device, where)
         if self.precision not in PRECISIONS:
             raise VLPromptError(f"{where}: precision {self.precision!r} is not one of {list(PRECISIONS)}")
+        check_report_to(self.report_to, where)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vlprompt.backbones.base import Backbone
+from vlprompt.devices import check_device_available
 from vlprompt.engine import distributed as dist_utils
 from vlprompt.engine.cache import FeatureCache
 from vlprompt.engine.checkpoint import (
@@ -38,6 +39,8 @@ from vlprompt.engine.evaluate import evaluate_method
 from vlprompt.engine.logging import MetricsLog, PlainProgress, on_terminal, progress_bar, write_json
 from vlprompt.engine.optim import LRSchedule, build_optimizer
 from vlprompt.engine.precision import Precision, resolve_precision
+from vlprompt.engine.reporters import Reporters
+from vlprompt.engine.selection import EpochSelector
 from vlprompt.engine.train_config import TrainConfig
 from vlprompt.engine.views import ItemLike, SeededImages, augmentation_identity, stable_seed
 from vlprompt.errors import VLPromptError
@@ -65,6 +68,17 @@ class _EpochSeed:
         return stable_seed("train-image", self.seed, self.epoch, self.fingerprints[index])
 
 
+class _CachedViewSeed:
+    """Seed of the feature cache's view ``views[index]`` of an item (`FeatureCache`'s own seeding), so the
+    image a method sees is the one whose frozen features the cache holds (picklable for workers)."""
+
+    def __init__(self, fingerprints: list[str], views: list[int], base: int) -> None:
+        self.fingerprints, self.views, self.base = fingerprints, views, base
+
+    def __call__(self, index: int) -> int:
+        return stable_seed("view", self.base, self.fingerprints[index], self.views[index])
+
+
 class Trainer:
     """Train `method` on items; ``fit`` returns the result dict also written to ``result.json``.
 
@@ -74,8 +88,13 @@ class Trainer:
         cache: feature cache for methods that train on features (default: the user cache dir).
     """
 
-    def __init__(self, method: PromptMethod, config: TrainConfig | None = None, cache: FeatureCache | None = None) -> None:
+    def __init__(self, method: PromptMethod, config: TrainConfig | None = None, cache: FeatureCache | None = None,
+                 train_transform: Callable | None = None, selector: EpochSelector | None = None) -> None:
+        """`train_transform`: the training images' transform (default the backbone's); `selector`: keep
+        the best epoch by its score instead of the last one (single process)."""
         self.method = method
+        self.train_transform = train_transform
+        self.selector = selector
         self.config = config or TrainConfig()
         self.config.check()
         self.cache = cache
@@ -113,7 +132,7 @@ class Trainer:
         if val_items is not None:
             self._check_labels(val_items, "validation")
         self._setup_device()
-        if self.cache is None and not self.method.needs_images:
+        if self.cache is None and (not self.method.needs_images or self.method.frozen_image_features):
             self.cache = FeatureCache(num_workers=cfg.num_workers, progress=self._show_progress)
 
         method = self.method
@@ -145,23 +164,20 @@ class Trainer:
             # rank 0 evaluates alone later; the validation features are built by all ranks now
             self.cache.get(self.backbone, list(val_items), self.backbone.eval_transform, across_ranks=True)
         started = time.perf_counter()
-        last_eval: dict[str, Any] | None = None
-        # not on a terminal and progress asked for (cfg.progress true): a plain line every 10 s or so
-        lines = PlainProgress("  epoch", cfg.epochs) if cfg.progress and self.env.is_main and not on_terminal() else None
-        for epoch in range(start_epoch, cfg.epochs):
-            record = self._run_epoch(epoch, model, data, optimizer, scaler, schedule, precision, params)
-            if lines is not None:
-                lines.update(epoch + 1, f"loss {record.get('loss', float('nan')):.4f}")
-            is_last = epoch + 1 == cfg.epochs
-            if val_items and (is_last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
-                last_eval = self._evaluate(val_items)
-                record["val"] = last_eval
-            self.history.append(record)
-            self._save(epoch + 1, optimizer, scaler)
-            if self.env.is_main and self.output_dir:
-                MetricsLog(self.output_dir / "metrics.jsonl").append(record)
+        reporters = Reporters(
+            self.output_dir if self.env.is_main else None,
+            cfg.report_to if self.env.is_main else [],
+            {"method": method.name, "epochs": cfg.epochs, "backbone": self.backbone.identity.name, "train": asdict(cfg)},
+        )
+        try:
+            self._train_epochs(start_epoch, model, data, optimizer, scaler, schedule, precision, params, val_items, reporters)
+        finally:
+            reporters.close()
+        last_eval = self.history[-1].get("val") if self.history and start_epoch < cfg.epochs else None
         if val_items and last_eval is None:  # nothing left to train after resuming a finished run
             last_eval = self._evaluate(val_items)
+        if self.selector is not None:
+            self.selector.restore(method)
 
         result = {
             "method": method.name,
@@ -176,9 +192,33 @@ class Trainer:
             "seconds": time.perf_counter() - started,
             "config": asdict(cfg),
         }
+        if self.selector is not None:
+            result["selection"] = self.selector.summary()
         if self.env.is_main and self.output_dir:
             write_json(self.output_dir / "result.json", result)
         return result
+
+    def _train_epochs(self, start_epoch, model, data, optimizer, scaler, schedule, precision, params, val_items, reporters):
+        """The epoch loop: each epoch's record goes to the history, ``metrics.jsonl`` and the reporters."""
+        cfg = self.config
+        method = self.method
+        # not on a terminal and progress asked for (cfg.progress true): a plain line every 10 s or so
+        lines = PlainProgress("  epoch", cfg.epochs) if cfg.progress and self.env.is_main and not on_terminal() else None
+        for epoch in range(start_epoch, cfg.epochs):
+            record = self._run_epoch(epoch, model, data, optimizer, scaler, schedule, precision, params)
+            if lines is not None:
+                lines.update(epoch + 1, f"loss {record.get('loss', float('nan')):.4f}")
+            is_last = epoch + 1 == cfg.epochs
+            if val_items and (is_last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
+                record["val"] = self._evaluate(val_items)
+            method.on_epoch_end(epoch + 1, cfg.epochs)
+            if self.selector is not None:
+                record["select"] = {self.selector.metric: self.selector.after_epoch(epoch + 1, method, self.cache)}
+            self.history.append(record)
+            self._save(epoch + 1, optimizer, scaler)
+            if self.env.is_main and self.output_dir:
+                MetricsLog(self.output_dir / "metrics.jsonl").append(record)
+            reporters.log(record)
 
     def evaluate(self, items: Sequence[ItemLike]) -> dict[str, Any]:
         """Metrics of the method on `items` (text side encoded once when it can be)."""
@@ -198,7 +238,7 @@ class Trainer:
         if self.config.device == "auto":
             device = dist_utils.default_device(env)
         else:
-            device = torch.device(self.config.device)
+            device = torch.device(check_device_available(self.config.device, "train.device"))
             if device.type == "cuda" and device.index is None:  # one GPU per rank under torchrun
                 device = torch.device("cuda", env.local_rank % max(torch.cuda.device_count(), 1))
         self.env = dist_utils.init_distributed(device)
@@ -211,6 +251,10 @@ class Trainer:
         if self.backbone.device != device:
             self.backbone.to(device)
         self.method.to(device)
+
+    @property
+    def _train_transform(self) -> Callable:
+        return self.train_transform or self.backbone.train_transform
 
     def _check_labels(self, items: Sequence[ItemLike], what: str) -> None:
         n = len(self.method.classnames)
@@ -232,10 +276,16 @@ class Trainer:
     def _training_data(self, items: list[ItemLike]) -> dict[str, Any]:
         """Cached features [V, N, D] on the device, or what the image loader needs."""
         labels = torch.tensor([int(item.label) for item in items], dtype=torch.long)
-        if self.method.needs_images:
-            return {"labels": labels, "items": items, "fingerprints": [augmentation_identity(i.path) for i in items]}
         views = self.config.augment_views
-        transform = self.backbone.train_transform if views else self.backbone.eval_transform
+        transform = self._train_transform if views else self.backbone.eval_transform
+        if self.method.needs_images:
+            data = {"labels": labels, "items": items, "fingerprints": [augmentation_identity(i.path) for i in items]}
+            if self.method.frozen_image_features:
+                # the frozen features of exactly the images the method sees: view v of an item is the
+                # cache's view v (same transform, same seed), so the frozen tower never runs in a step
+                data["frozen"] = self.cache.get(self.backbone, items, transform, views=max(views, 1), across_ranks=True)
+                data["transform"] = transform
+            return data
         # Under torchrun the ranks share the encoding of missing features (a collective call).
         features = self.cache.get(self.backbone, items, transform, views=max(views, 1), across_ranks=True)
         return {"labels": labels.to(self.device), "features": features.to(self.device)}
@@ -246,9 +296,10 @@ class Trainer:
         n = len(data["labels"])
         order = torch.randperm(n, generator=torch.Generator().manual_seed(stable_seed("order", self.config.seed, epoch)))
         views = None
-        if "features" in data and data["features"].shape[0] > 1:
+        cached = data.get("features", data.get("frozen"))
+        if cached is not None and cached.shape[0] > 1:
             g = torch.Generator().manual_seed(stable_seed("views", self.config.seed, epoch))
-            views = torch.randint(data["features"].shape[0], (n,), generator=g)
+            views = torch.randint(cached.shape[0], (n,), generator=g)
         return dist_utils.shard_batches(order, self.config.batch_size, self.env), views
 
     def _batch_iter(self, epoch: int, data: dict[str, Any], batches: list[torch.Tensor], views: torch.Tensor | None):
@@ -258,15 +309,25 @@ class Trainer:
                 view = views[idx].to(self.device) if views is not None else torch.zeros_like(idx_d)
                 yield {"features": data["features"][view, idx_d], "labels": data["labels"][idx_d]}
             return
-        dataset = SeededImages(
-            data["items"], self.backbone.train_transform, _EpochSeed(data["fingerprints"], self.config.seed, epoch)
-        )
+        if "frozen" in data:
+            chosen = views if views is not None else torch.zeros(len(data["labels"]), dtype=torch.long)
+            dataset = SeededImages(
+                data["items"], data["transform"], _CachedViewSeed(data["fingerprints"], chosen.tolist(), self.cache.seed)
+            )
+        else:
+            dataset = SeededImages(
+                data["items"], self._train_transform, _EpochSeed(data["fingerprints"], self.config.seed, epoch)
+            )
         loader = DataLoader(
             dataset, batch_sampler=[idx.tolist() for idx in batches], num_workers=self.config.num_workers,
             pin_memory=self.device.type == "cuda",
         )
-        for images, labels, _ in loader:
-            yield {"images": images.to(self.device, non_blocking=True), "labels": labels.to(self.device)}
+        for images, labels, index in loader:
+            batch = {"images": images.to(self.device, non_blocking=True), "labels": labels.to(self.device)}
+            if "frozen" in data:
+                view = views[index] if views is not None else torch.zeros_like(index)
+                batch["frozen_features"] = data["frozen"][view, index].to(self.device)
+            yield batch
 
     def _run_epoch(
         self,

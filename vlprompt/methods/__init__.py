@@ -4,7 +4,26 @@ Importing this package fills the registry with every method of both tasks (class
 compositional zero-shot).
 """
 
-from vlprompt.methods import cocoop, coop, csp, dfsp, kgcoop, lasp, linear_probe, pairs, zero_shot  # noqa: F401
+from vlprompt.methods import (  # noqa: F401  (each import registers its methods)
+    cocoop,
+    coop,
+    csp,
+    dfsp,
+    infoprompt,
+    ivlp,
+    kgcoop,
+    lasp,
+    linear_probe,
+    maple,
+    mixture,
+    pairs,
+    persoma,
+    prompt_ensemble,
+    promptsrc,
+    tailor,
+    vpt,
+    zero_shot,
+)
 from vlprompt.methods.base import METHODS, MethodConfig, MethodContext, PromptMethod, build_method, register_method
 from vlprompt.methods.label_space import ClassLabels, LabelSpace, PairLabels
 

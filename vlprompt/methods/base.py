@@ -12,14 +12,17 @@ Adding a method is one module: a config dataclass and a class, registered with
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import vlprompt  # its lazy exports give save_prompt / load_prompt at call time (the zoo imports methods)
 from vlprompt.backbones.base import Backbone
 from vlprompt.errors import VLPromptError
 from vlprompt.methods.label_space import ClassLabels, LabelSpace, PairLabels, as_label_space
@@ -47,10 +50,16 @@ class MethodConfig:
     """
 
     retired_keys: ClassVar[tuple[str, ...]] = ()
+    # integer fields that count something and must be >= 1 wherever a method has them
+    positive_fields: ClassVar[tuple[str, ...]] = ("n_ctx", "groups", "encode_batch_size")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, where: str = "method") -> MethodConfig:
         config = from_dict(cls, values, where)
+        for name in cls.positive_fields:
+            value = getattr(config, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+                raise VLPromptError(f"{where}: {name} must be >= 1, got {value}")
         config.check(where)
         return config
 
@@ -159,6 +168,7 @@ class PromptMethod(nn.Module):
     - ``train_step(batch, model, backward)``: one step's forward, loss and backward;
     - ``fits_in_one_shot`` + ``fit_features(...)``: methods fitted in closed form on cached features
       (linear probe) instead of by the trainer;
+    - ``on_epoch_end(epoch, epochs)``: after each training epoch (PromptSRC's Gaussian prompt aggregation);
     - ``set_label_space(labels)``: predict over other labels (base-to-new, cross-dataset, CZSL phases);
       ``class_agnostic = False`` methods refuse new class names;
     - ``result_metadata()``: what a result JSON and a checkpoint record beyond the metrics.
@@ -169,6 +179,9 @@ class PromptMethod(nn.Module):
     needs_images: ClassVar[bool] = False
     class_agnostic: ClassVar[bool] = True  # can it take new class names after training?
     fits_in_one_shot: ClassVar[bool] = False  # fitted by `fit_features`, not by the trainer
+    # with needs_images: the trainer also puts the frozen tower's L2-normalised features of the very same
+    # images in ``batch["frozen_features"]``, read from the feature cache (no second image pass)
+    frozen_image_features: ClassVar[bool] = False
 
     def __init__(self, backbone: Backbone, labels: LabelSpace | Sequence[str], config: MethodConfig) -> None:
         super().__init__()
@@ -229,6 +242,9 @@ class PromptMethod(nn.Module):
         backward(loss)
         return loss, stats
 
+    def on_epoch_end(self, epoch: int, epochs: int) -> None:
+        """Called by the trainer after epoch `epoch` (1-based) of `epochs` (weight averaging over epochs)."""
+
     def fit_features(
         self, features: torch.Tensor, labels: torch.Tensor,
         val_features: torch.Tensor | None = None, val_labels: torch.Tensor | None = None,
@@ -247,6 +263,28 @@ class PromptMethod(nn.Module):
         if "features" in batch:
             return batch["features"]
         return F.normalize(self.backbone.encode_image(batch["images"]), dim=-1)
+
+    def save_pretrained(self, directory: str | os.PathLike, **kwargs: Any) -> Path:
+        """peft's name for saving: the prompt in Hub layout under `directory` (``vlprompt_model.safetensors``,
+        ``vlprompt_config.json``, a model card ``README.md``), ready to upload; `kwargs` go to `save_prompt`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        return vlprompt.save_prompt(directory, self, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_name: str | os.PathLike,
+        backbone: Backbone | None = None,
+        classnames: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> PromptMethod:
+        """peft's name for loading: `vlprompt.load_prompt` (a folder, a file, a zoo name or ``hf://org/repo``).
+        Called on a method class (``CoOp.from_pretrained``), the prompt must be of that method."""
+        method = vlprompt.load_prompt(path_or_name, backbone, classnames, **kwargs)
+        if cls is not PromptMethod and not isinstance(method, cls):
+            raise VLPromptError(f"{path_or_name} holds a {method.name} prompt, not {cls.__name__}")
+        return method
 
     def __call__(self, batch: dict[str, torch.Tensor] | torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         return super().__call__(as_batch(batch), *args, **kwargs)  # `method(images)` works too

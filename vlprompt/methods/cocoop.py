@@ -14,7 +14,7 @@ from vlprompt.backbones.base import Backbone
 from vlprompt.methods.base import MethodConfig, PromptMethod, register_method
 from vlprompt.methods.label_space import LabelSpace
 from vlprompt.prompts.assembler import PromptAssembler
-from vlprompt.prompts.context import initial_context
+from vlprompt.prompts.context import check_init, initial_context
 from vlprompt.prompts.templates import prompt_classname
 
 
@@ -24,9 +24,13 @@ class CoCoOpConfig(MethodConfig):
     ctx_init: str = "a photo of a"
     init_std: float = 0.02
     init_seed: int | None = None
+    init: str = ""  # context init strategy (vlprompt.prompts.context); non-word ones need ctx_init: ""
     # images per text-encoder call (0: whole batch). Bounds peak memory: when training, each chunk is
     # gradient-checkpointed (its text-tower activations are recomputed in backward, one chunk at a time)
     text_chunk: int = 0
+
+    def check(self, where: str) -> None:
+        check_init(self.init, self.ctx_init, where)
 
 
 @register_method("cocoop")
@@ -37,7 +41,9 @@ class CoCoOp(PromptMethod):
 
     def __init__(self, backbone: Backbone, labels: LabelSpace | Sequence[str], config: CoCoOpConfig) -> None:
         super().__init__(backbone, labels, config)
-        ctx = initial_context(backbone, config.n_ctx, config.ctx_init, config.init_std, config.init_seed)
+        ctx = initial_context(
+            backbone, config.n_ctx, config.ctx_init, config.init_std, config.init_seed, config.init, self.classnames
+        )
         self.ctx = nn.Parameter(ctx)
         embed_dim, width = backbone.identity.embed_dim, backbone.identity.width
         hidden = max(1, embed_dim // 16)

@@ -1,9 +1,17 @@
-"""CoOp: learned context vectors in place of the hand-written prompt words (Zhou et al., IJCV'22)."""
+"""CoOp: learned context vectors in place of the hand-written prompt words (Zhou et al., IJCV'22).
+
+Initialisation as the released code (KaiyangZhou/CoOp, trainers/coop.py): random class-specific context
+draws every class's vectors independently from N(0, 0.02); with init words the released code keeps ONE
+context initialised from the words and ignores ``class_specific`` (``csc_word_init: shared``, the
+default); ``csc_word_init: copies`` gives each class its own copy of the word init instead.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +22,7 @@ from vlprompt.errors import VLPromptError
 from vlprompt.methods.base import MethodConfig, PromptMethod, register_method
 from vlprompt.methods.label_space import LabelSpace
 from vlprompt.prompts.assembler import PromptAssembler
-from vlprompt.prompts.context import initial_context
+from vlprompt.prompts.context import check_init, init_strategy, initial_context
 from vlprompt.prompts.templates import prompt_classname
 
 _LAYOUTS = {
@@ -32,6 +40,25 @@ class CoOpConfig(MethodConfig):
     class_position: str = "end"  # end | middle | front
     init_std: float = 0.02
     init_seed: int | None = None  # None: draw from the global RNG (seeded by the engine)
+    # context init: "" (words if ctx_init else normal) | normal | word | uniform | vocab | class_label
+    init: str = ""
+    class_label_fill: str = "vocab"  # class_label init: rest of the positions from sampled vocab, or "cycle"
+    # class_specific with ctx_init words: "shared" (released: one context from the words, class_specific
+    # ignored) | "copies" (one copy of the word init per class, then trained separately)
+    csc_word_init: str = "shared"
+
+    def check(self, where: str) -> None:
+        check_init(self.init, self.ctx_init, where)
+        if self.csc_word_init not in CSC_WORD_INIT:
+            raise VLPromptError(f"{where}: csc_word_init {self.csc_word_init!r} is not one of {list(CSC_WORD_INIT)}")
+        if self.class_position not in _LAYOUTS:
+            raise VLPromptError(f"{where}: class_position {self.class_position!r} is not one of {sorted(_LAYOUTS)}")
+        if self.init_std <= 0:
+            raise VLPromptError(f"{where}: init_std must be > 0, got {self.init_std}")
+
+
+CSC_WORD_INIT = ("shared", "copies")
+log = logging.getLogger(__name__)
 
 
 def context_slots(n_ctx: int, position: str) -> dict[str, int]:
@@ -54,12 +81,23 @@ class CoOp(PromptMethod):
             raise VLPromptError(
                 f"coop: class_position {config.class_position!r} is not one of {sorted(_LAYOUTS)}"
             )
-        ctx = initial_context(backbone, config.n_ctx, config.ctx_init, config.init_std, config.init_seed)
-        self.n_ctx = ctx.shape[0]
-        if config.class_specific:
+        if config.csc_word_init not in CSC_WORD_INIT:
+            raise VLPromptError(f"coop: csc_word_init {config.csc_word_init!r} is not one of {list(CSC_WORD_INIT)}")
+        strategy = init_strategy(config.init, config.ctx_init)
+        class_specific = config.class_specific and not (strategy == "word" and config.csc_word_init == "shared")
+        if config.class_specific and not class_specific:
+            log.info("coop: class_specific with ctx_init words keeps one shared context, as the released CoOp "
+                     "(csc_word_init: copies for one copy per class)")
+        n_classes = len(classnames) if class_specific and strategy in ("normal", "uniform") else None
+        ctx = initial_context(
+            backbone, config.n_ctx, config.ctx_init, config.init_std, config.init_seed, config.init, classnames,
+            class_label_fill=config.class_label_fill, n_classes=n_classes,
+        )
+        self.n_ctx = ctx.shape[-2]
+        if class_specific and ctx.dim() == 2:  # word / vocab / class-label init copied per class
             ctx = ctx.unsqueeze(0).repeat(len(classnames), 1, 1)
         self.ctx = nn.Parameter(ctx)
-        self.class_agnostic = not config.class_specific
+        self.class_agnostic = not class_specific
         self._build_prompts(classnames)
 
     def _build_prompts(self, classnames: Sequence[str]) -> None:
@@ -73,7 +111,7 @@ class CoOp(PromptMethod):
         self.classnames = list(classnames)
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
-        if self.config.class_specific and len(classnames) != self.ctx.shape[0]:
+        if not self.class_agnostic and len(classnames) != self.ctx.shape[0]:
             raise VLPromptError(
                 "coop: class-specific context is tied to the trained classes; "
                 "new class names need unified context (class_specific: false)"
@@ -89,3 +127,12 @@ class CoOp(PromptMethod):
 
     def class_features(self) -> torch.Tensor:
         return F.normalize(self.prompts.encode(**self.context_vectors()), dim=-1)
+
+    def result_metadata(self) -> dict[str, Any]:
+        return {**super().result_metadata(), "ctx_init": context_init_record(self.config, self.n_ctx)}
+
+
+def context_init_record(config: Any, n_ctx: int) -> dict[str, Any]:
+    """How the context started (recorded in result JSONs; checkpoints hold the config itself)."""
+    return {"strategy": init_strategy(config.init, config.ctx_init), "n_ctx": n_ctx, "seed": config.init_seed,
+            "words": config.ctx_init or None}

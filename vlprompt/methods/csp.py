@@ -30,7 +30,8 @@ class CSP(PairMethod):
 
     def __init__(self, backbone: Backbone, labels: PairLabels, config: CSPConfig) -> None:
         super().__init__(backbone, labels, config)
-        self.vocab = nn.Parameter(mean_token_embeddings(backbone, self.attrs + self.objs))
+        self.vocab = nn.Parameter(mean_token_embeddings(backbone, self.attrs + self.objs,
+                                                                config.underscores_as_spaces))
         self.dropout = nn.Dropout(config.attr_dropout)
         self.prompt = SlotPrompt(backbone, config.prefix)
 

@@ -43,9 +43,9 @@ from vlprompt.backbones.capabilities import Capability
 from vlprompt.errors import VLPromptError
 from vlprompt.methods.base import MethodConfig, MethodContext, PromptMethod, register_method
 from vlprompt.methods.label_space import LabelSpace
-from vlprompt.methods.text_losses import DIRECTIONS, text_to_text_loss
+from vlprompt.methods.text_losses import DIRECTIONS, group_text_losses
 from vlprompt.prompts.assembler import PromptAssembler
-from vlprompt.prompts.context import initial_context
+from vlprompt.prompts.context import check_init, initial_context
 from vlprompt.prompts.handcrafted import handcrafted_features
 from vlprompt.prompts.templates import TEMPLATE_BANKS, get_templates, prompt_classname
 
@@ -62,6 +62,7 @@ class LASPConfig(MethodConfig):
     ctx_init: str = "a photo of a"  # words (sets n_ctx) or "" for N(0, init_std)
     init_std: float = 0.02
     init_seed: int | None = None
+    init: str = ""  # context init strategy (vlprompt.prompts.context); non-word ones need ctx_init: ""
     templates: Any = "lasp35"  # bank name, a literal "{}" template, a text file, or a list
     text_loss_weight: float = 5.0  # lambda_T; 0 switches L_TT off
     direction: str = "soft_as_classifier"  # | handcrafted_as_classifier | symmetric
@@ -128,7 +129,7 @@ def resolve_templates(config: Any) -> list[str]:
     config by its strings, so a saved config rebuilds the method without the file."""
     templates = get_templates(config.templates)
     if not (isinstance(config.templates, str) and config.templates in TEMPLATE_BANKS):
-        config.templates = list(templates)
+        config.templates = dict(templates) if isinstance(templates, dict) else list(templates)
     return templates
 
 
@@ -158,11 +159,19 @@ class LASP(PromptMethod):
             raise VLPromptError(f"lasp: group_ce {config.group_ce!r} is not one of {list(GROUP_CE)}")
         if not 0.0 <= config.noise_prob <= 1.0 or config.noise_std < 0:
             raise VLPromptError("lasp: noise_prob must be in [0, 1] and noise_std >= 0")
-        ctx = initial_context(backbone, config.n_ctx, config.ctx_init, config.init_std, config.init_seed)
+        check_init(config.init, config.ctx_init, "lasp")
+        ctx = initial_context(
+            backbone, config.n_ctx, config.ctx_init, config.init_std, config.init_seed, config.init, classnames
+        )
         self.n_ctx = ctx.shape[0]
         self.ctx = nn.Parameter(ctx.unsqueeze(0).repeat(config.groups, 1, 1))  # [G, n, W]
 
         self.templates = resolve_templates(config)
+        if isinstance(self.templates, dict):
+            raise VLPromptError(
+                "lasp: templates must be shared by all classes ('{}' or '{c}' templates: its text loss pairs "
+                "template t across classes); per-class descriptions serve zero-shot and kgcoop"
+            )
         self.group_templates = split_templates(len(self.templates), config.groups, config.group_templates)
 
         # Names the text-to-text loss sees: the training classes, then new virtual ones (order kept).
@@ -292,18 +301,20 @@ class LASP(PromptMethod):
         self._last.update(image=image, feats=feats)
         return scale * image @ self.ensemble(feats).to(image.dtype).t()
 
-    def text_loss(self, loss_feats: torch.Tensor, noise: bool | None = None) -> torch.Tensor:
-        """L_TT averaged over groups, each against its own templates. `noise`: None draws it
-        (probability ``noise_prob``), True/False forces it."""
+    def text_loss(self, loss_feats: torch.Tensor, noise: bool | torch.Tensor | None = None) -> torch.Tensor:
+        """L_TT averaged over groups, each against its own templates (`lasp_text_loss` computes the same
+        from raw features). `noise`: None draws it (probability ``noise_prob``), True/False forces it, a
+        tensor ``[T, C_all, D]`` is the noise itself."""
         hand = self.handcrafted.to(loss_feats.device)
         cfg = self.config
         if noise is None:
             noise = cfg.noise_std > 0 and cfg.noise_prob > 0 and float(torch.rand(())) < cfg.noise_prob
-        if noise:
+        if isinstance(noise, torch.Tensor):
+            hand = hand + noise.to(hand.device, hand.dtype)
+        elif noise:
             hand = hand + cfg.noise_std * torch.randn_like(hand)  # not re-normalised, as the official code
         scale = self.backbone.logit_scale.detach().float()
-        losses = [text_to_text_loss(loss_feats[g], hand[idx], scale, cfg.direction) for g, idx in enumerate(self.group_templates)]
-        return torch.stack(losses).mean()
+        return group_text_losses(loss_feats, hand, scale, self.group_templates, cfg.direction)
 
     def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         labels = batch["labels"]

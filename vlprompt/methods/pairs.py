@@ -30,15 +30,18 @@ from vlprompt.prompts.assembler import PromptAssembler
 from vlprompt.prompts.context import word_embeddings
 
 
-def clean_name(name: str) -> str:
-    """CSP/DFSP's text form of a primitive ('.' -> ' ', lower-case; '_' -> ' ' too)."""
-    return name.replace(".", " ").replace("_", " ").lower()
+def clean_name(name: str, underscores: bool = False) -> str:
+    """CSP/DFSP's text form of a primitive, as released: '.' -> ' ', lower-case (UT-Zappos' dotted
+    names). ``underscores=True`` also turns '_' into a space (C-GQA has names such as ``traffic_light``,
+    which the released code tokenizes with the underscore)."""
+    name = name.replace(".", " ")
+    return (name.replace("_", " ") if underscores else name).lower()
 
 
 @torch.no_grad()
-def mean_token_embeddings(backbone: Backbone, names: Sequence[str]) -> torch.Tensor:
+def mean_token_embeddings(backbone: Backbone, names: Sequence[str], underscores: bool = False) -> torch.Tensor:
     """``[N, W]``: mean of each name's BPE token embeddings between SOT and EOT (CSP's init)."""
-    ids = backbone.tokenize([clean_name(n) for n in names])
+    ids = backbone.tokenize([clean_name(n, underscores) for n in names])
     eot = backbone.eot_index(ids)
     emb = backbone.embed_tokens(ids).float().cpu()
     pos = torch.arange(ids.shape[1])[None]
@@ -66,6 +69,7 @@ def group_mean(values: torch.Tensor, groups: torch.Tensor, n_groups: int, dim: i
 @dataclass
 class PairMethodConfig(MethodConfig):
     text_batch: int = 1024  # pairs per text-encoder chunk at evaluation
+    underscores_as_spaces: bool = False  # names: '.' -> ' ' as released; True: '_' -> ' ' too (C-GQA names)
 
 
 class PairMethod(PromptMethod):
@@ -160,15 +164,21 @@ class SlotPrompt(nn.Module):
         return self.assembler.encode(**vectors)[:, 0]
 
     def token_states(
-        self, attr_vecs: torch.Tensor, obj_vecs: torch.Tensor, ctx: torch.Tensor | None = None
+        self, attr_vecs: torch.Tensor, obj_vecs: torch.Tensor, ctx: torch.Tensor | None = None,
+        length: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Last-layer token states ``[P, L, W]`` (before the final norm) and each prompt's EOT index."""
+        """Last-layer token states ``[P, L, W]`` (before the final norm) and each prompt's EOT index.
+
+        `length`: run the tower on the first `length` positions (padding after the end token included,
+        as a CLIP loaded with that context length does); None: cut after the end token."""
         vectors = {"attr": attr_vecs[:, None, None, :], "obj": obj_vecs[:, None, None, :]}
         if self.has_ctx:
             vectors["ctx"] = ctx
         embeds = self.assembler.assemble(**vectors)[:, 0]
         eot = self.assembler.eot_index.repeat(len(embeds))
-        return self.assembler.backbone.text_token_states(embeds, eot), eot
+        if length is None:
+            return self.assembler.backbone.text_token_states(embeds, eot), eot
+        return self.assembler.backbone.text_token_states(embeds[:, :length], eot, truncate=False), eot
 
 
 # -- zero-shot --------------------------------------------------------------------------------
@@ -183,7 +193,8 @@ class ZeroShotPairs(PairMethod):
     """CLIP with the hard prompt "a photo of {attr} {obj}" (CSP's `clip` baseline)."""
 
     def pair_text_features(self, pairs: torch.Tensor) -> torch.Tensor:
-        texts = [self.config.template.format(attr=clean_name(self.attrs[a]), obj=clean_name(self.objs[o]))
+        u = self.config.underscores_as_spaces
+        texts = [self.config.template.format(attr=clean_name(self.attrs[a], u), obj=clean_name(self.objs[o], u))
                  for a, o in pairs.tolist()]
         with torch.no_grad():
             return self.backbone.encode_text(texts)
@@ -204,7 +215,8 @@ class CoOpPairs(PairMethod):
         super().__init__(backbone, labels, config)
         ctx = word_embeddings(backbone, config.ctx_init)
         self.ctx = nn.Parameter(ctx)
-        self.register_buffer("vocab", mean_token_embeddings(backbone, self.attrs + self.objs), persistent=False)
+        self.register_buffer("vocab", mean_token_embeddings(backbone, self.attrs + self.objs,
+                                                            config.underscores_as_spaces), persistent=False)
         self.prompt = SlotPrompt(backbone, None, ctx.shape[0])
 
     def pair_text_features(self, pairs: torch.Tensor) -> torch.Tensor:

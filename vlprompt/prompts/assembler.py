@@ -9,6 +9,7 @@ once here, so methods only decide which vectors go where.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,8 +18,10 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import Backbone
+from vlprompt.backbones.deep_prompts import DeepPrompts
 from vlprompt.errors import VLPromptError
 
+log = logging.getLogger(__name__)
 _SLOT = re.compile(r"\{(\w+)\}")
 
 
@@ -40,6 +43,17 @@ def _split_template(template: str) -> list[tuple[str, str]]:
     if cursor < len(template):
         parts.append(("text", template[cursor:]))
     return parts
+
+
+def untruncated_length(backbone: Backbone, text: str, words: int = 12) -> int:
+    """Tokens of `text` without the context-length cut (SOS/EOT excluded): the text is tokenized in
+    chunks of `words` words (BPE tokenizers split at whitespace first, so the counts add up)."""
+    start = backbone.start_length
+    parts = text.split(" ")
+    chunks = [" ".join(parts[i:i + words]) for i in range(0, len(parts), words)]
+    chunks = [chunk if i == 0 else " " + chunk for i, chunk in enumerate(chunks)]
+    tokens = backbone.tokenize(chunks)
+    return int(sum(int(eot) - start for eot in backbone.eot_index(tokens)))
 
 
 class PromptAssembler(nn.Module):
@@ -161,11 +175,17 @@ class PromptAssembler(nn.Module):
                     slot_pos[piece.slot] += list(range(len(row), len(row) + k))  # type: ignore[index]
                     row += [placeholder] * k
             row.append(eot_id)
-            if len(row) > length:
+            if len(row) > length or (len(row) == length and any(
+                    len(frag_ids[(p.text, i > 0 and p.text[:1].isspace())]) >= length - len(head) - 1
+                    for i, p in enumerate(pieces) if p.text is not None)):
                 text = "".join(p.text if p.text is not None else "{" + str(p.slot) + "}" for p in pieces)
-                raise VLPromptError(
-                    f"prompt {text!r} is {len(row)} tokens with its learned slots; the text tower takes {length}"
-                )
+                # the fragments were cut to the context length when tokenized: count the whole text
+                full = len(head) + 1 + sum(self.learned_lengths[p.slot] if p.text is None else  # type: ignore[index]
+                                           untruncated_length(backbone, p.text) for p in pieces)
+                if full > length:
+                    raise VLPromptError(
+                        f"prompt {text!r:.200} is {full} tokens with its learned slots; the text tower takes {length}"
+                    )
             rows.append(row + [pad] * (length - len(row)))
             for name in self.learned_lengths:
                 positions[name].append(slot_pos[name])
@@ -251,20 +271,38 @@ class PromptAssembler(nn.Module):
         dims = {2: [], 3: [0], 4: [0, 1] if across_images else [1]}[value.dim()]
         return all(value.shape[d] == 1 or value.stride(d) == 0 for d in dims)
 
-    def _plan(self, vectors: Mapping[str, torch.Tensor]) -> tuple[int, bool] | None:
+    def _plan(
+        self, vectors: Mapping[str, torch.Tensor], deep: DeepPrompts | None = None
+    ) -> tuple[int, bool] | None:
         """(prefix length S, one prefix per image?) for the shared path, or None for the plain path."""
+        return self._plan_and_reason(vectors, deep)[0]
+
+    def _plan_and_reason(
+        self, vectors: Mapping[str, torch.Tensor], deep: DeepPrompts | None = None
+    ) -> tuple[tuple[int, bool] | None, str]:
+        """The plan and, in words, why this path."""
         batch = self._check_vectors(vectors)
         backbone = self.backbone
-        if not (self.use_shared_prefix and getattr(backbone, "shared_prefix", False)):
-            return None
+        if not self.use_shared_prefix:
+            return None, "switched off for this prompt (use_shared_prefix = False)"
+        if not getattr(backbone, "shared_prefix", False):
+            return None, "switched off for the backbone (backbone.shared_prefix = False)"
         unsupported = getattr(backbone, "shared_prefix_unsupported", None)
-        if unsupported is None or unsupported() is not None:
-            return None
+        reason = f"{type(backbone).__name__} has no shared-prefix encoding" if unsupported is None else unsupported()
+        if reason is not None:
+            return None, reason
         end = self._max_eot + 1
         n_prompts = self.n_prompts * (batch or 1)
+        deep_end = None
+        if deep is not None and deep.layers:
+            if any(t.dim() != 2 for t in deep.layers):
+                return None, "per-prompt deep tokens cannot be shared"
+            deep_end = deep.start + deep.n_tokens
         options = []
         for per_image in (False, True) if batch is not None else (False,):
             S = min(self.shared_prefix_length, self._min_eot)
+            if deep_end is not None and deep_end > S:
+                return None, "deep tokens past the shared prefix (the plain path replaces them per prompt)"
             for name, value in vectors.items():
                 first, last = self._slot_span[name]
                 if first < S and (last >= S or not self._shared_value(value, across_images=not per_image)):
@@ -273,16 +311,17 @@ class PromptAssembler(nn.Module):
                 positions_run = (batch if per_image else 1) * S + n_prompts * (end - S)
                 options.append((positions_run, per_image, S))
         if not options:
-            return None
+            return None, (f"the positions all prompts share end before position {max(1, self.min_shared_prefix)} "
+                          "(class name at the front, or per-prompt / class-specific context at the start)")
         _, per_image, S = min(options)
-        return S, per_image
+        return (S, per_image), f"{S} leading positions encoded once" + (" per image" if per_image else "")
 
-    def shared_prefix_plan(self, **vectors: torch.Tensor) -> int | None:
+    def shared_prefix_plan(self, deep: DeepPrompts | None = None, **vectors: torch.Tensor) -> int | None:
         """How many leading positions `encode` computes once (once in all, or once per image when
         batched: whichever runs fewer positions), or None when it takes the plain path: switched off, a
         tower where reuse is not exact, or a prefix shorter than `min_shared_prefix` (the class token at
         the front, per-prompt context at the start...)."""
-        plan = self._plan(vectors)
+        plan = self._plan(vectors, deep)
         return None if plan is None else plan[0]
 
     def _assemble_split(
@@ -313,29 +352,44 @@ class PromptAssembler(nn.Module):
                 suffix = suffix.scatter(2, index, value)
         return prefix, suffix.reshape(G, B * P // G, end - S, W)
 
-    def encode(self, **vectors: torch.Tensor) -> torch.Tensor:
+    def _log_path(self, path: str, reason: str) -> None:
+        """Say once per assembler (and reason) which text path `encode` takes and why (info level)."""
+        logged = self.__dict__.setdefault("_logged_paths", set())
+        if (path, reason) not in logged:
+            logged.add((path, reason))
+            log.info("prompt %r: %s path (%s)", self.template, "shared-prefix" if path == "shared" else "plain", reason)
+
+    def encode(self, deep: DeepPrompts | None = None, **vectors: torch.Tensor) -> torch.Tensor:
         """Text features ``[P, D]`` (or ``[B, P, D]``) of the filled prompts, not normalised.
 
         In a causal tower the positions every prompt shares ([SOS] + shared context...) are encoded once
         (per image when the context depends on the image) and only the class-dependent suffixes run
         through the tower; the result equals the plain path. `shared_prefix_plan` tells which path a call
         takes; set ``use_shared_prefix = False`` (or ``backbone.shared_prefix = False``) to force the
-        plain path.
+        plain path. `deep` prompts (`DeepPrompts`: per-layer tokens replacing the states of their positions at
+        the input of blocks 1..J-1) take the shared path too when their tokens are shared and lie in the prefix.
         """
-        plan = self._plan(vectors)
+        if deep is not None and not deep.layers:
+            deep = None
+        plan, reason = self._plan_and_reason(vectors, deep)
+        self._log_path("shared" if plan is not None else "plain", reason)
         if plan is not None:
             S, per_image = plan
             batch = self._check_vectors(vectors)
             prefix, suffix = self._assemble_split(vectors, S, batch, per_image)
             self.path_counts["shared"] += 1
             eot = self.eot_index if per_image or batch is None else self.eot_index.repeat(batch)
-            feats = self.backbone.encode_text_embeds_shared(prefix, suffix, eot)
+            feats = self.backbone.encode_text_embeds_shared(prefix, suffix, eot, deep=deep)
             return feats.reshape(batch, self.n_prompts, -1) if batch is not None else feats[0]
         self.path_counts["plain"] += 1
         embeds = self.assemble(**vectors)
         if embeds.dim() == 4:
             B, P = embeds.shape[:2]
             eot = self.eot_index.repeat(B)
+            if deep is not None:
+                raise VLPromptError("deep prompts with per-image slot vectors are not supported")
             feats = self.backbone.encode_text_embeds(embeds.reshape(B * P, *embeds.shape[2:]), eot)
             return feats.reshape(B, P, -1)
+        if deep is not None:
+            return self.backbone.encode_text_embeds(embeds, self.eot_index, deep=deep)
         return self.backbone.encode_text_embeds(embeds, self.eot_index)

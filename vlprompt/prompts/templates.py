@@ -7,7 +7,8 @@ sources), registered here by name.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -15,9 +16,48 @@ from vlprompt.embedded.captions import TEMPLATES as WORLD_CAPTION_TEMPLATES
 from vlprompt.errors import VLPromptError
 from vlprompt.prompts.banks.coop import COOP_TEMPLATES, IMAGENET_SELECT_7
 from vlprompt.prompts.banks.lasp import LASP_34, LASP_35
+from vlprompt.prompts.banks.promptsrc import PROMPTSRC_TEMPLATES
 from vlprompt.registry import Registry, unknown_name_message
 
 SLOT = "{}"
+CB_SLOT = "{c}"  # CLIP_benchmark's placeholder, accepted everywhere a template is
+CB_DEFAULT_DATASET = "imagenet1k"  # CLIP_benchmark's template entry for datasets without their own
+
+
+class ClassDescriptions(dict):
+    """Per-class prompts ``{class name: [sentences]}`` (CuPL-style descriptions, CLIP_benchmark's
+    ``cupl_prompts.json``): each class is the mean of its own sentences' features, in place of shared
+    templates. A dict, so it is JSON as it stands (results, saved configs)."""
+
+    def for_class(self, classname: str) -> list[str]:
+        """The sentences of `classname`: its exact key, else the key with underscores as spaces or in
+        another case (``golden_retriever`` finds ``Golden Retriever``)."""
+        if classname in self:
+            return list(self[classname])
+        wanted = _class_key(classname)
+        for key, sentences in self.items():
+            if _class_key(key) == wanted:
+                return list(sentences)
+        raise KeyError(classname)
+
+    def check_covers(self, classnames: Sequence[str], where: str = "class descriptions") -> None:
+        missing = []
+        for name in classnames:
+            try:
+                self.for_class(name)
+            except KeyError:
+                missing.append(name)
+        if missing:
+            shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise VLPromptError(
+                f"{where}: no sentences for {len(missing)} of {len(classnames)} classes ({shown}); "
+                f"the file has {', '.join(repr(k) for k in list(self)[:5])}{' ...' if len(self) > 5 else ''}"
+            )
+
+
+def _class_key(name: str) -> str:
+    return " ".join(name.replace("_", " ").lower().split())
+
 
 
 class TemplateSource(Protocol):
@@ -87,7 +127,12 @@ def _coop_ensemble(dataset: TemplateSource | None) -> list[str]:
 
 
 def check_template(template: str, where: str) -> str:
-    """A template must hold exactly one ``{}`` slot and no other braces that ``format`` would trip on."""
+    """A template must hold exactly one ``{}`` slot (or CLIP_benchmark's ``{c}``, returned as ``{}``) and
+    no other braces that ``format`` would trip on."""
+    if not isinstance(template, str):
+        raise VLPromptError(f"{where}: template {template!r} is not a string")
+    if CB_SLOT in template and SLOT not in template:
+        template = template.replace(CB_SLOT, SLOT)
     if template.count(SLOT) != 1:
         raise VLPromptError(f"{where}: template {template!r} must contain exactly one '{{}}' for the class name")
     try:
@@ -97,9 +142,12 @@ def check_template(template: str, where: str) -> str:
     return template
 
 
-def read_template_file(path: str | Path) -> list[str]:
-    """One template per line; blank lines and ``#`` comments are skipped."""
+def read_template_file(path: str | Path, dataset: TemplateSource | None = None) -> list[str] | ClassDescriptions:
+    """One template per line; blank lines and ``#`` comments are skipped. A ``.json`` file is read by
+    `read_template_json` (CLIP_benchmark's template files, CuPL descriptions)."""
     path = Path(path).expanduser()
+    if path.suffix.lower() == ".json":
+        return read_template_json(path, dataset)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
@@ -116,8 +164,74 @@ def read_template_file(path: str | Path) -> list[str]:
     return templates
 
 
-def get_templates(spec: str | Sequence[str], dataset: TemplateSource | None = None) -> list[str]:
-    """Resolve a template spec: a bank name, ``"dataset"`` (its own template), a text file, or a list."""
+def _has_slot(text: object) -> bool:
+    return isinstance(text, str) and (SLOT in text or CB_SLOT in text)
+
+
+def parse_template_json(data: object, where: str, dataset: TemplateSource | None = None) -> list[str] | ClassDescriptions:
+    """The JSON template forms in use:
+
+    - a list of templates (``{}`` or ``{c}``);
+    - CLIP_benchmark's ``{dataset name: [templates]}`` (``en_zeroshot_classification_templates.json``)
+      or ``{dataset name: {class: [sentences]}}`` (``cupl_prompts.json``): the dataset's entry is taken,
+      looked up as CLIP_benchmark does (name, name without ``wds/``, then ``imagenet1k``);
+    - CuPL's ``{class: [sentences]}`` (sentences without a slot): `ClassDescriptions`.
+    """
+    if isinstance(data, list):
+        templates = [check_template(t, where) for t in data]
+        if not templates:
+            raise VLPromptError(f"{where}: the template list is empty")
+        return templates
+    if not isinstance(data, dict) or not data:
+        raise VLPromptError(
+            f"{where}: expected a list of templates or an object ({{dataset: templates}} or {{class: [sentences]}})"
+        )
+    values = list(data.values())
+    # CuPL maps classes to sentences without a slot; CLIP_benchmark maps datasets to slotted templates or to CuPL dicts
+    keyed_by_dataset = any(isinstance(v, dict) for v in values) or all(
+        isinstance(v, list) and any(_has_slot(t) for t in v) for v in values
+    )
+    if keyed_by_dataset:
+        name = getattr(dataset, "name", None)
+        # CLIP_benchmark's lookup: the dataset's name, without its "wds/" prefix, then imagenet1k's entry
+        wanted = (name, str(name).removeprefix("wds/"), CB_DEFAULT_DATASET) if name else (CB_DEFAULT_DATASET,)
+        keys = [k for k in wanted if k in data]
+        if not keys and len(data) == 1:
+            keys = list(data)
+        if not keys:
+            found = ", ".join(list(data)[:8]) + (" ..." if len(data) > 8 else "")
+            raise VLPromptError(
+                f"{where}: holds templates per dataset ({found}) but none for {name or 'this use (no dataset)'}"
+            )
+        return parse_template_json(data[keys[0]], f"{where}, entry {keys[0]!r}", dataset)
+    descriptions = ClassDescriptions()
+    for key, sentences in data.items():
+        if isinstance(sentences, str):
+            sentences = [sentences]
+        if not isinstance(sentences, list) or not sentences or not all(isinstance(t, str) for t in sentences):
+            raise VLPromptError(f"{where}: class {key!r} must map to a non-empty list of sentences")
+        descriptions[str(key)] = list(sentences)
+    return descriptions
+
+
+def read_template_json(path: str | Path, dataset: TemplateSource | None = None) -> list[str] | ClassDescriptions:
+    path = Path(path).expanduser()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise VLPromptError(f"template file not found: {path}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise VLPromptError(f"template file {path} is not valid JSON: {error}") from None
+    return parse_template_json(data, f"template file {path}", dataset)
+
+
+def get_templates(
+    spec: str | Sequence[str] | Mapping[str, Sequence[str]], dataset: TemplateSource | None = None
+) -> list[str] | ClassDescriptions:
+    """Resolve a template spec: a bank name, ``"dataset"`` (its own template), a text or JSON file, a
+    list, or per-class descriptions (a mapping, returned as `ClassDescriptions`)."""
+    if isinstance(spec, Mapping):
+        return parse_template_json(dict(spec), "templates", dataset)
     if not isinstance(spec, str):
         templates = [check_template(t, "templates") for t in spec]
         if not templates:
@@ -125,10 +239,10 @@ def get_templates(spec: str | Sequence[str], dataset: TemplateSource | None = No
         return templates
     if spec in TEMPLATE_BANKS:
         return TEMPLATE_BANKS.get(spec)(dataset)
-    if SLOT in spec:  # a single literal template
+    if _has_slot(spec):  # a single literal template
         return [check_template(spec, "templates")]
-    if Path(spec).expanduser().is_file() or "/" in spec or spec.endswith(".txt"):
-        return read_template_file(spec)
+    if Path(spec).expanduser().is_file() or "/" in spec or spec.endswith((".txt", ".json")):
+        return read_template_file(spec, dataset)
     raise VLPromptError(
         unknown_name_message("template bank", spec, TEMPLATE_BANKS.names()) + ", a template with '{}', or a path to a text file"
     )
@@ -139,8 +253,12 @@ def prompt_classname(classname: str) -> str:
     return classname.replace("_", " ")
 
 
-def fill_templates(templates: Sequence[str], classnames: Sequence[str]) -> list[list[str]]:
-    """Prompts as ``[class][template]``."""
+def fill_templates(templates: Sequence[str] | ClassDescriptions, classnames: Sequence[str]) -> list[list[str]]:
+    """Prompts as ``[class][template]`` (per-class descriptions: each class's own sentences)."""
+    if isinstance(templates, ClassDescriptions):
+        templates.check_covers(classnames)
+        return [templates.for_class(c) for c in classnames]
+    templates = [check_template(t, "templates") for t in templates]
     return [[t.format(prompt_classname(c)) for t in templates] for c in classnames]
 
 
@@ -157,6 +275,12 @@ def _lasp35(dataset: TemplateSource | None) -> list[str]:
 def _lasp34(dataset: TemplateSource | None) -> list[str]:
     """LASP's list without its duplicate "a bad photo of the {}."."""
     return list(LASP_34)
+
+
+@TEMPLATE_BANKS.register("promptsrc60")
+def _promptsrc60(dataset: TemplateSource | None) -> list[str]:
+    """PromptSRC's 60 ImageNet templates (its frozen-text ensemble; see banks/promptsrc.py)."""
+    return list(PROMPTSRC_TEMPLATES)
 
 
 @TEMPLATE_BANKS.register("world_captions")

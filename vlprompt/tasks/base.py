@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlprompt.engine.run_folder import claim
 from vlprompt.methods.label_space import LabelSpace
 from vlprompt.registry import Registry
 
 
 def run_folder(config: Any, dataset_name: str, run_name: str) -> Path:
-    """``output_dir`` when given, else ``runs/<method>/<dataset>/<run_name>``."""
-    return Path(config.output_dir or f"runs/{config.method_name}/{dataset_name}/{run_name}")
+    """``output_dir`` when given, else ``runs/<method>/<dataset>/<run_name>``; claimed by the run in
+    progress (locked, and checked for an earlier run: `vlprompt.engine.run_folder`)."""
+    return claim(config.output_dir or f"runs/{config.method_name}/{dataset_name}/{run_name}")
 
 
 @dataclass
@@ -42,6 +44,11 @@ class TaskPlan:
     evaluate: Callable[..., dict[str, Any]]  # (method, cache) -> metrics
     summary: dict[str, Any] = field(default_factory=dict)  # extra result fields
     split_file: Path | None = None  # the few-shot split file the run trains on, if any
+    # the task's training-image transform for a backbone (backbone -> transform; None: the backbone's own);
+    # a factory because a task plans before the backbone is loaded
+    train_transform: Callable | None = None
+    train_overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields the task sets
+    selector: Any = None  # an EpochSelector (keep the best validation epoch) or None (the last epoch)
 
 
 @dataclass(frozen=True)

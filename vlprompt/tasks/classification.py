@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt.data.classification import ClassificationDataset, Item
-from vlprompt.data.fewshot import few_shot_split, split_file_path
+from vlprompt.data.fewshot import SAMPLERS, few_shot_split, split_file_path
 from vlprompt.data.protocols import base_new_classes, base_new_split, harmonic_mean
 from vlprompt.data.webdataset_fewshot import wds_few_shot_split
 from vlprompt.data.webdataset_reader import WdsDataset, WdsSplit
@@ -34,6 +34,7 @@ class ProtocolSection:
     name: str = "few-shot"  # few-shot | base-to-new | all
     shots: int = 16
     seed: int = 1
+    sampler: str = "vlprompt"  # vlprompt | dassl (the CoOp-family repositories' draw: same seed, same images)
 
 
 @dataclass
@@ -59,8 +60,10 @@ PROTOCOLS: Registry[Protocol] = Registry("protocol")
 
 def _few_shot_items(protocol: ProtocolSection, dataset: ClassificationDataset | WdsDataset, out_dir: Path):
     if isinstance(dataset, WdsDataset):  # extracts the K sampled images per class, streams the rest
+        if protocol.sampler != "vlprompt":
+            raise VLPromptError(f"protocol.sampler {protocol.sampler!r} is for split-file datasets; webdatasets use 'vlprompt'")
         return wds_few_shot_split(dataset, protocol.shots, protocol.seed, out_dir / "splits", out_dir / "wds-images")
-    return few_shot_split(dataset, protocol.shots, protocol.seed, out_dir / "splits")
+    return few_shot_split(dataset, protocol.shots, protocol.seed, out_dir / "splits", sampler=protocol.sampler)
 
 
 @PROTOCOLS.register("all")
@@ -105,8 +108,16 @@ def headline(metrics: dict[str, Any]) -> dict[str, float]:
 
 def check(config: Any) -> None:
     PROTOCOLS.get(config.protocol.name)
+    if config.eval.templates != EvalSection.templates:
+        where = "method.templates" if hasattr(config.method, "templates") else "`vlprompt eval --templates`"
+        raise VLPromptError(
+            f"eval.templates={config.eval.templates!r} is not used by an experiment run (the method's own config "
+            f"decides its text: use {where}); remove it"
+        )
     if config.protocol.shots < 1:
         raise VLPromptError(f"protocol.shots must be >= 1, got {config.protocol.shots}")
+    if config.protocol.sampler not in SAMPLERS:
+        raise VLPromptError(f"protocol.sampler {config.protocol.sampler!r} is not one of {list(SAMPLERS)}")
 
 
 def plan(config: Any) -> TaskPlan:
@@ -127,7 +138,7 @@ def plan(config: Any) -> TaskPlan:
             metrics["hm"] = harmonic_mean(metrics["base"]["top1"], metrics["new"]["top1"])
         return metrics
 
-    split_file = split_file_path(out_dir / "splits", dataset.name, protocol.shots, protocol.seed, "train")
+    split_file = split_file_path(out_dir / "splits", dataset.name, protocol.shots, protocol.seed, "train", protocol.sampler)
     return TaskPlan(
         dataset_name=dataset.name, out_dir=out_dir, labels=ClassLabels(tuple(splits.classnames)),
         train=splits.train, val=splits.val, evaluations=evaluations, evaluate=evaluate,

@@ -8,6 +8,12 @@ Experiment YAML (``configs/czsl/*.yaml``; ``task: czsl`` comes from ``configs/cz
     method: {name: csp, attr_dropout: 0.3}
     train: {optimizer: adam, lr: 5.0e-5, weight_decay: 1.0e-5, epochs: 20, batch_size: 128, ...}
     eval: {phases: [val, test], worlds: [closed, open], feasibility: glove, glove_file: ..., threshold: null}
+
+Released rules by default: training images augmented as the released CSP/DFSP ``dataset.py``
+(``protocol.augment``; methods on cached features train on ``protocol.augment_views`` augmented views),
+the best closed-world validation epoch kept (``protocol.select: best_val`` by ``protocol.select_metric``;
+``final`` keeps the last epoch), and the open world filtered by the released multiply rule
+(``eval.feasibility_rule: multiply``; ``mask`` for -inf), recorded in every open-world result.
 """
 
 from __future__ import annotations
@@ -19,10 +25,13 @@ from typing import Any
 import torch
 
 from vlprompt.backbones.base import Backbone
+from vlprompt.czsl.augment import czsl_train_transform
 from vlprompt.czsl.data import CZSLDataset
-from vlprompt.czsl.evaluate import EvalOptions, evaluate_phase
+from vlprompt.czsl.evaluate import EvalOptions, evaluate_phase, validation_loss
 from vlprompt.czsl.feasibility import backbone_vectors, feasibility_scores, glove_vectors
+from vlprompt.czsl.metrics import FEASIBILITY_RULES
 from vlprompt.data.world import world_data_root
+from vlprompt.engine.selection import EpochSelector
 from vlprompt.errors import VLPromptError
 from vlprompt.methods.label_space import PairLabels
 from vlprompt.registry import Registry
@@ -43,10 +52,24 @@ class CZSLDatasetSection:
     note: str = ""
 
 
+SELECT = ("best_val", "final")
+SELECT_METRICS = ("AUC", "best_hm", "best_seen", "best_unseen", "attr_acc", "obj_acc", "loss")
+
+
 @dataclass
 class CZSLProtocolSection:
     name: str = "czsl"  # train on the train pairs, evaluate on val / test pairs
     seed: int = 1
+    # training images augmented as the released dataset.py (flip, perspective, 5-degree rotation);
+    # False: the evaluation view only
+    augment: bool = True
+    augment_views: int = 8  # cached augmented views for methods on cached features (when train.augment_views is 0)
+    # best_val: keep the epoch with the best closed-world validation `select_metric` (the released DFSP);
+    # final: the last epoch (the released CSP has no validation loop)
+    select: str = "best_val"
+    # AUC | best_hm | best_seen | best_unseen | attr_acc | obj_acc | loss (the validation loss, released
+    # DFSP's best_loss on UT-Zappos and C-GQA; MIT-States uses best_unseen)
+    select_metric: str = "AUC"
 
 
 @dataclass
@@ -56,7 +79,8 @@ class CZSLEvalSection:
     feasibility: str = "backbone"  # open world: glove | backbone | none
     glove_file: str | None = None
     threshold: float | None = None  # None: searched on val (best AUC)
-    legacy_feasibility: bool = False
+    # open world: multiply (the released Evaluator, score * (1[f >= th] + seen)) | mask (-inf)
+    feasibility_rule: str = "multiply"
     batch_size: int = 128
     pair_chunk: int = 16384
     threshold_trials: int = 50
@@ -100,6 +124,13 @@ def load_dataset(section: CZSLDatasetSection, open_world: bool = False) -> CZSLD
 
 def check(config: Any) -> None:
     check_eval(config.eval)
+    protocol: CZSLProtocolSection = config.protocol
+    if protocol.select not in SELECT:
+        raise VLPromptError(f"protocol.select: {protocol.select!r} is not one of {list(SELECT)}")
+    if protocol.select_metric not in SELECT_METRICS:
+        raise VLPromptError(f"protocol.select_metric: {protocol.select_metric!r} is not one of {list(SELECT_METRICS)}")
+    if protocol.augment_views < 1:
+        raise VLPromptError(f"protocol.augment_views must be >= 1, got {protocol.augment_views}")
 
 
 def check_eval(section: CZSLEvalSection) -> None:
@@ -107,6 +138,8 @@ def check_eval(section: CZSLEvalSection) -> None:
     if bad:
         raise VLPromptError(f"eval.worlds: {bad[0]!r} is not one of {list(WORLDS)}")
     FEASIBILITY.get(section.feasibility)
+    if section.feasibility_rule not in FEASIBILITY_RULES:
+        raise VLPromptError(f"eval.feasibility_rule: {section.feasibility_rule!r} is not one of {list(FEASIBILITY_RULES)}")
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, float]:
@@ -122,7 +155,8 @@ def plan(config: Any) -> TaskPlan:
     out_dir = run_folder(config, closed.name, f"czsl-seed{config.train.seed}")
     labels = PairLabels.create(closed.attrs, closed.objs, closed.train_pair_index)
     options = EvalOptions(batch_size=ev.batch_size, pair_chunk=ev.pair_chunk, threshold_trials=ev.threshold_trials,
-                          legacy_feasibility=ev.legacy_feasibility)
+                          feasibility_rule=ev.feasibility_rule)
+    protocol: CZSLProtocolSection = config.protocol
 
     def evaluate(method, cache) -> dict[str, Any]:
         results: dict[str, Any] = {}
@@ -139,10 +173,23 @@ def plan(config: Any) -> TaskPlan:
                     results[f"{world}/{phase}"] = evaluate_phase(method, ds, phase, options, feas, threshold, cache=cache)
         return results
 
+    def select_score(method, cache) -> float:  # higher is better: the closed-world validation metric
+        if not closed.items["val"]:
+            raise VLPromptError(f"{closed.name}: protocol.select best_val needs val images; use protocol.select: final")
+        if protocol.select_metric == "loss":
+            return -validation_loss(method, closed, "val", labels, options, cache=cache)
+        return evaluate_phase(method, closed, "val", options, cache=cache)[protocol.select_metric]
+
+    selector = EpochSelector(protocol.select_metric, select_score) if protocol.select == "best_val" else None
+    overrides = {"augment_views": protocol.augment_views} if protocol.augment and not config.train.augment_views else {}
+    rules = {"augment": protocol.augment, "select": protocol.select,
+             "select_metric": protocol.select_metric if selector else None, "feasibility_rule": ev.feasibility_rule}
     return TaskPlan(
         dataset_name=closed.name, out_dir=out_dir, labels=labels, train=closed.items["train"], val=[],
         evaluations={}, evaluate=evaluate,
-        summary={"seed": config.train.seed, "dataset_summary": closed.summary()},
+        summary={"seed": config.train.seed, "dataset_summary": closed.summary(), "czsl_rules": rules},
+        train_transform=czsl_train_transform if protocol.augment else (lambda backbone: backbone.eval_transform),
+        train_overrides=overrides, selector=selector,
     )
 
 

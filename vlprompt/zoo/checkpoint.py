@@ -17,24 +17,27 @@ self-contained ``.safetensors``), a folder in Hub layout (``vlprompt_model.safet
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 import vlprompt
-from vlprompt.backbones.base import Backbone
+from vlprompt.backbones.base import Backbone, describe_identity
 from vlprompt.errors import VLPromptError
 from vlprompt.hashing import file_sha256  # noqa: F401  (full digest; the zoo modules import it from here)
 from vlprompt.methods.base import PromptMethod, build_method
 from vlprompt.methods.label_space import ClassLabels, LabelSpace, label_space_from_dict
 from vlprompt.paths import atomic_path, read_json
 from vlprompt.registry import unknown_name_message
+from vlprompt.zoo.card import card_is_ours, model_card
 from vlprompt.zoo.download import is_offline
 from vlprompt.zoo.registry import fetch, load_registry
 
@@ -60,6 +63,17 @@ def tensors_hash(tensors: dict[str, torch.Tensor]) -> str:
         digest.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
         digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+# what a prompt's predictions depend on besides its tensors: hashed as config_sha256, checked on load
+CONFIG_HASH_KEYS = ("method", "method_config", "class_agnostic", "task", "backbone", "label_space", "classnames",
+                    "templates")
+
+
+def config_hash(meta: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of the metadata entries that decide what the prompt predicts."""
+    picked = {key: meta.get(key) for key in CONFIG_HASH_KEYS}
+    return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()
 
 
 # -- paths --------------------------------------------------------------------------------------
@@ -123,7 +137,7 @@ def prompt_metadata(
         found_training, found_metrics = _summary_from_result(extra["result"])
         training = found_training if training is None else training
         metrics = found_metrics if metrics is None else metrics
-    return {
+    meta = {
         "format_version": FORMAT_VERSION,
         "vlprompt_version": vlprompt.__version__,
         "method": method.name,
@@ -141,6 +155,8 @@ def prompt_metadata(
         "tensors_sha256": tensors_hash(tensors),
         **extra,
     }
+    meta["config_sha256"] = config_hash(meta)
+    return meta
 
 
 def write_prompt_files(
@@ -151,7 +167,7 @@ def write_prompt_files(
     text = json.dumps(meta, indent=2, default=str)
     header = {"format": "pt", "method": str(meta.get("method")), HEADER_KEY: json.dumps(meta, default=str)}
     with atomic_path(tensors_path) as tmp:
-        save_file(tensors, str(tmp), metadata=header)
+        tmp.write_bytes(save(tensors, metadata=header))  # in memory, then a plain write (see atomic_path)
     if config_path is not None:
         with atomic_path(config_path) as tmp:
             tmp.write_text(text)
@@ -176,7 +192,24 @@ def save_prompt(
     tensors_path, config_path = prompt_files(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in method.trainable_state().items()}
     meta = prompt_metadata(method, tensors, templates, training, metrics, extra)
-    return write_prompt_files(tensors, meta, tensors_path, config_path)
+    written = write_prompt_files(tensors, meta, tensors_path, config_path)
+    write_model_card(meta, tensors_path, config_path)
+    return written
+
+
+def write_model_card(meta: dict[str, Any], tensors_path: Path, config_path: Path) -> Path | None:
+    """``README.md`` beside a saved prompt: a model card with the Hub's metadata (`vlprompt.zoo.card`),
+    so the folder can be uploaded as it is. A README the user wrote is left alone (None returned); one
+    vlprompt wrote is replaced (the last prompt saved in a folder owns it)."""
+    readme = tensors_path.parent / "README.md"
+    if readme.is_file() and not card_is_ours(readme.read_text(encoding="utf-8", errors="replace")):
+        return None
+    training = meta.get("training") or {}
+    parts = [str(meta.get("method")), training.get("dataset"), f"{training['shots']}shot" if training.get("shots") else None]
+    name = "-".join(str(p) for p in parts if p) if training.get("dataset") else tensors_path.parent.name or tensors_path.stem
+    with atomic_path(readme) as tmp:
+        tmp.write_text(model_card(meta, name, tensors_path.name, config_path.name), encoding="utf-8")
+    return readme
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -189,7 +222,10 @@ def _header_meta(tensors_path: Path) -> dict[str, Any] | None:
     except Exception as error:  # noqa: BLE001  (safetensors raises several types on bad files)
         raise VLPromptError(f"cannot read prompt tensors {tensors_path}: {error}") from None
     text = header.get(HEADER_KEY)
-    return json.loads(text) if text else None
+    try:
+        return json.loads(text) if text else None
+    except ValueError as error:
+        raise VLPromptError(f"prompt tensors {tensors_path}: the metadata in the header is not valid JSON ({error})") from None
 
 
 def read_prompt_meta(path: str | os.PathLike) -> dict[str, Any]:
@@ -213,7 +249,13 @@ def read_prompt(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[
     meta = read_prompt_meta(path)
     if not tensors_path.is_file():
         raise VLPromptError(f"prompt tensors not found: {tensors_path}")
-    tensors = load_file(str(tensors_path))
+    check_meta(meta, path)
+    try:
+        tensors = load_file(str(tensors_path))
+    except Exception as error:  # noqa: BLE001  (safetensors raises its own error type on bad files)
+        raise VLPromptError(
+            f"cannot read prompt tensors {tensors_path}: the file is truncated or damaged ({error})"
+        ) from None
     expected = meta.get("tensors_sha256")
     if expected and tensors_hash(tensors) != expected:
         raise VLPromptError(
@@ -223,10 +265,77 @@ def read_prompt(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[
     return tensors, meta
 
 
+REQUIRED_META = ("method", "method_config", "backbone")
+
+
+def check_meta(meta: Any, path: str | os.PathLike) -> None:
+    """The metadata has what loading needs, and matches every hash it records (an edited prompt.json
+    would otherwise load and mislabel predictions, or predict with another config)."""
+    if not isinstance(meta, dict):
+        raise VLPromptError(f"prompt metadata of {path} must be a JSON object, got {type(meta).__name__}")
+    missing = [key for key in REQUIRED_META if key not in meta]
+    if "classnames" not in meta and "label_space" not in meta:
+        missing.append("classnames")
+    if missing:
+        raise VLPromptError(f"prompt metadata of {path} lacks {', '.join(missing)}: not a prompt written by vlprompt")
+    recorded = meta.get("classnames_sha256")
+    if recorded and "classnames" in meta and classnames_hash(meta["classnames"]) != recorded:
+        raise VLPromptError(
+            f"prompt {path}: its classnames do not match the recorded classnames_sha256 ({recorded[:16]}...): "
+            "the metadata was edited; restore it or save the prompt again"
+        )
+    recorded = meta.get("config_sha256")
+    if recorded and config_hash(meta) != recorded:
+        raise VLPromptError(
+            f"prompt {path}: its metadata ({', '.join(CONFIG_HASH_KEYS)}) does not match the recorded config_sha256 "
+            f"({recorded[:16]}...): it was edited; restore it or save the prompt again"
+        )
+
+
+def check_split_file(meta: dict[str, Any], path: str | os.PathLike) -> None:
+    """The few-shot split file beside a prompt in its run folder must match the recorded
+    ``split_file_sha256``; a mismatch does not change the predictions, so it is a warning."""
+    training = meta.get("training") or {}
+    recorded = training.get("split_file_sha256")
+    if not recorded or not all(training.get(k) is not None for k in ("dataset", "shots", "seed")):
+        return
+    split = (Path(path).parent / "splits" / str(training["dataset"])
+             / f"shot_{training['shots']}-seed_{training['seed']}.train.json")
+    if split.is_file() and file_sha256(split) != recorded:
+        warnings.warn(f"prompt {path}: its split file {split} does not match the recorded split_file_sha256 "
+                      f"({recorded[:16]}...): the training data on record was changed", stacklevel=3)
+
+
+def describe_file(path: Path) -> str:
+    """What a file that is not a prompt looks like, from its first bytes."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+        size = path.stat().st_size
+    except OSError as error:
+        return f"unreadable ({error.strerror or error})"
+    kinds = [
+        (head[:1] == b"\x80" and head[1:2] in bytes(range(2, 6)), "a Python pickle (a torch.save .pt/.pth file?)"),
+        (head[:4] == b"PK\x03\x04", "a zip archive (a torch.save checkpoint?)"),
+        (head[:8] == b"\x89PNG\r\n\x1a\n", "a PNG image"),
+        (head[:3] == b"\xff\xd8\xff", "a JPEG image"),
+        (head.lstrip()[:1] in (b"{", b"["), "a JSON file"),
+        (len(head) >= 9 and head[8:9] == b"{", "a safetensors file"),
+        (size == 0, "empty (0 bytes)"),
+    ]
+    return next((text for hit, text in kinds if hit), f"{size} bytes of unknown content")
+
+
 def resolve_prompt(path_or_name: str | os.PathLike, offline: bool | None = None, progress: bool = True) -> Path:
     """A checkpoint path on disk: the path itself when it exists, else the zoo entry of that name (fetched)."""
     if is_prompt_path(path_or_name):
         return Path(path_or_name)
+    if Path(path_or_name).is_file():  # a file, but no prompt: say what it is (never unpickled)
+        path = Path(path_or_name)
+        raise VLPromptError(
+            f"{path} is {describe_file(path)}, not a prompt checkpoint (a prompt is the .safetensors + .json "
+            "pair that vlprompt train writes, or a zoo name); it was not loaded"
+        )
     if str(path_or_name).startswith("hf://"):
         return _download_hub_prompt(str(path_or_name), offline)
     registry = load_registry()
@@ -262,8 +371,8 @@ def backbone_for(meta: dict[str, Any], device: str = "cpu") -> Backbone:
 
 
 def _describe(ident: dict[str, Any]) -> str:
-    text = f"{ident.get('name')} ({ident.get('pretrained') or 'random weights'})"
-    return text + (f" weights {ident['weights_hash'][:12]}" if ident.get("weights_hash") else "")
+    text = describe_identity(ident)
+    return text + (f" weights {ident['weights_hash'][:12]}" if ident.get("weights_hash") and "weights" not in text else "")
 
 
 def load_prompt(
@@ -289,6 +398,7 @@ def load_prompt(
             f"prompt {path} was trained on backbone {_describe(meta['backbone'])}, "
             f"not {_describe(backbone.identity.to_dict())}"
         )
+    check_split_file(meta, path)
     labels = recorded_labels(meta, path)
     method = build_method(meta["method"], backbone, labels, meta["method_config"])
     method.load_trainable_state(tensors)
@@ -327,11 +437,15 @@ def export_classifier(
     backbone: Backbone | None = None,
     classnames: Sequence[str] | None = None,
     device: str = "cpu",
+    check_classnames: str | os.PathLike | None = None,
 ) -> torch.Tensor:
     """The class text-feature matrix ``[D, C]`` (fp32, L2-normalised columns) as a fixed linear classifier.
 
     Saved with ``torch.save`` as a plain tensor, the form CLIP_benchmark's ``--load_clfs`` reads
-    (``logits = 100 * image_features @ classifier``); a ``.json`` beside it lists the class order.
+    (``logits = 100 * image_features @ classifier``); a ``.json`` beside it lists the class order, and
+    ``<out>.classnames.txt`` too, one per line (CLIP_benchmark's ``classnames.txt`` layout).
+    `check_classnames`: a ``classnames.txt`` (e.g. a webdataset's) the columns must follow, compared
+    with underscores as spaces and case ignored; a different order or class is an error (nothing written).
     Methods whose text depends on the image (CoCoOp) or that are not text classifiers (linear probe)
     are refused.
     """
@@ -345,10 +459,16 @@ def export_classifier(
             "a text classifier), so it cannot be exported as a linear classifier"
         )
     classifier = features.detach().float().cpu().t().contiguous()  # [D, C]
+    if check_classnames is not None:
+        check_class_order(method.classnames, check_classnames)
     if out is not None:
         out = Path(out)
         with atomic_path(out) as tmp:
-            torch.save(classifier, tmp)
+            buffer = io.BytesIO()
+            torch.save(classifier, buffer)
+            tmp.write_bytes(buffer.getbuffer())
+        with atomic_path(out.with_suffix(".classnames.txt")) as tmp:
+            tmp.write_text("".join(f"{name}\n" for name in method.classnames), encoding="utf-8")
         info = {
             "shape": list(classifier.shape),
             "layout": "[embed_dim, num_classes]; logits = image_features @ classifier",
@@ -360,3 +480,27 @@ def export_classifier(
         with atomic_path(out.with_suffix(".json")) as tmp:
             tmp.write_text(json.dumps(info, indent=2))
     return classifier
+
+
+def _class_key(name: str) -> str:
+    return " ".join(name.replace("_", " ").lower().split())
+
+
+def check_class_order(classnames: Sequence[str], path: str | os.PathLike) -> None:
+    """`classnames` must be the lines of `path` in order (underscores as spaces, case ignored)."""
+    path = Path(path)
+    try:
+        expected = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise VLPromptError(f"classnames file not found: {path}") from None
+    if len(expected) != len(classnames):
+        raise VLPromptError(
+            f"{path} lists {len(expected)} classes, the classifier has {len(classnames)}; "
+            "pass --classes FILE to build the classifier for that file's classes"
+        )
+    for index, (ours, theirs) in enumerate(zip(classnames, expected)):
+        if _class_key(ours) != _class_key(theirs):
+            raise VLPromptError(
+                f"class order differs from {path} at line {index + 1}: classifier column {index} is {ours!r}, "
+                f"the file says {theirs!r}; pass --classes FILE to build the classifier in that order"
+            )

@@ -2,47 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from vlprompt.errors import VLPromptError
+from vlprompt.zoo.card import model_card
 from vlprompt.zoo.checkpoint import HUB_CONFIG, HUB_TENSORS, file_sha256, read_prompt, resolve_prompt, write_prompt_files
 from vlprompt.zoo.registry import entry_metadata
-
-
-def model_card(meta: dict[str, Any], repo_id: str) -> str:
-    ident = meta.get("backbone") or {}
-    training = meta.get("training") or {}
-    metrics = meta.get("metrics") or {}
-    lines = [
-        "---",
-        "library_name: vlprompt",
-        "tags:",
-        "- vlprompt",
-        "- prompt-learning",
-        "- clip",
-        f"- {meta.get('method')}",
-        "---",
-        "",
-        f"# {repo_id}",
-        "",
-        f"A `{meta.get('method')}` soft prompt for `{ident.get('name')}` (pretrained `{ident.get('pretrained')}`), "
-        f"{len(meta.get('classnames') or [])} classes.",
-        "",
-        f"- training data: `{json.dumps(training)}`",
-        f"- metrics: `{json.dumps(metrics)}`",
-        "",
-        "```python",
-        "import vlprompt",
-        f'method = vlprompt.load_prompt("hf://{repo_id}")  # or a local copy of this repo',
-        "```",
-        "",
-        f"Files: `{HUB_TENSORS}` (trained tensors; the config is also in its header) and `{HUB_CONFIG}`.",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def push_prompt(
@@ -68,7 +36,7 @@ def push_prompt(
     with tempfile.TemporaryDirectory(prefix="vlprompt-push-") as folder:
         folder_path = Path(folder)
         model_path = write_prompt_files(tensors, meta, folder_path / HUB_TENSORS, folder_path / HUB_CONFIG)
-        (folder_path / "README.md").write_text(model_card(meta, repo_id))
+        (folder_path / "README.md").write_text(model_card(meta, repo_id, HUB_TENSORS, HUB_CONFIG))
         sha256, size = file_sha256(model_path), model_path.stat().st_size
         try:
             api.create_repo(repo_id, token=token, private=private, exist_ok=True)

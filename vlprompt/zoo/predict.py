@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.data.images import load_image
@@ -46,6 +48,31 @@ def _parts(method: PromptMethod, index: int) -> dict[str, str]:
     return {}
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+@torch.inference_mode()
+def set_user_examples(method: PromptMethod, folder: str | os.PathLike, batch_size: int = 32) -> int:
+    """Personalise `method` (a prompt adapter such as ``persoma``) with the images in `folder`: they are
+    encoded by the frozen image tower and handed to ``method.set_user_examples``. Returns their count."""
+    hook = getattr(method, "set_user_examples", None)
+    if hook is None:
+        raise VLPromptError(f"{method.name}: takes no user examples (a prompt adapter such as persoma does)")
+    root = Path(folder)
+    if not root.is_dir():
+        raise VLPromptError(f"user examples folder not found: {root}")
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise VLPromptError(f"user examples folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    backbone = method.backbone
+    feats = []
+    for start in range(0, len(paths), batch_size):
+        pixels = torch.stack([backbone.eval_transform(load_image(p)) for p in paths[start : start + batch_size]])
+        feats.append(F.normalize(backbone.encode_image(pixels.to(backbone.device, backbone.dtype)).float(), dim=-1))
+    hook(torch.cat(feats).clone())
+    return len(paths)
+
+
 def predict(
     prompt: str | os.PathLike | PromptMethod,
     images: Sequence[str | os.PathLike],
@@ -55,10 +82,12 @@ def predict(
     backbone: Backbone | None = None,
     device: str = "cpu",
     batch_size: int = 32,
+    user_examples: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
     """Top-k predictions of a prompt (path, zoo name or loaded method) for image files.
 
-    `classnames` replaces the trained class names where the method allows it (a clear error otherwise).
+    `classnames` replaces the trained class names where the method allows it (a clear error otherwise);
+    `user_examples`, a folder of the user's images, personalises a prompt adapter first (no gradient step).
     """
     if not images:
         raise VLPromptError("no images given")
@@ -68,6 +97,8 @@ def predict(
             method.set_label_space(list(classnames))
     else:
         method = load_prompt(prompt, backbone, classnames, device=device)
+    if user_examples is not None:
+        set_user_examples(method, user_examples, batch_size)
     return predict_images(method, images, top_k=top_k, batch_size=batch_size)
 
 
