@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--cache", default=None, help="feature/data cache (default: $VLPROMPT_CACHE or a temp folder)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` stops us: the busy process goes too
     cache = Path(args.cache or os.environ.get("VLPROMPT_CACHE") or tempfile.mkdtemp(prefix="vlprompt-bench-"))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -17,6 +17,7 @@ import pkgutil
 from collections.abc import Callable
 
 from vlprompt.registry import Registry
+from vlprompt.threads import THREADS_ENV, threads_arg
 
 AddParser = Callable[[argparse._SubParsersAction], None]
 
@@ -41,8 +42,6 @@ def counted_int(minimum: int) -> Callable[[str], int]:
 
 def add_threads_arg(parser: argparse.ArgumentParser) -> None:
     """``--threads N|auto``: torch's intra-op threads (`vlprompt.threads`); `vlprompt.cli` applies it."""
-    from vlprompt.threads import THREADS_ENV, threads_arg
-
     parser.add_argument(
         "--threads", type=threads_arg, default=None, metavar="N",
         help=f"intra-op CPU threads, or 'auto' (default: ${THREADS_ENV}, else auto: 1 for small models like the "

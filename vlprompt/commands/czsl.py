@@ -28,7 +28,7 @@ def _run(args: argparse.Namespace, train: bool) -> None:
     from vlprompt.czsl.evaluate import format_results
     from vlprompt.runner import run_experiment
 
-    overrides = list(args.overrides) + ["task=czsl"]
+    overrides = (["train.progress=true"] if train else []) + list(args.overrides) + ["task=czsl"]
     if args.root:
         overrides.append(f"dataset.root={args.root}")
     if args.out:

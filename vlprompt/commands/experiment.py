@@ -89,7 +89,9 @@ def _train_command(sub: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> None:
         from vlprompt.config import ExperimentConfig
 
-        config = ExperimentConfig.load(args.config, args.overrides)  # a typo fails here, before anything heavy
+        # progress: a bar on a terminal, a plain line every ~10 s in a pipe or log (the user's override wins)
+        overrides = ["train.progress=true", *args.overrides]
+        config = ExperimentConfig.load(args.config, overrides)  # a typo fails here, before anything heavy
         from vlprompt.runner import format_experiment, run_experiment
 
         result = run_experiment(config, resume=args.resume, overwrite=args.overwrite)

@@ -65,5 +65,6 @@ def _sweep_command(sub: argparse._SubParsersAction) -> None:
         grid, run_one, out_dir = sweep_runner(apply_overrides(load_yaml(args.config), args.overrides))
         result = run_sweep(grid, run_one, out_dir)
         print((out_dir / "summary.md").read_text() if (out_dir / "summary.md").is_file() else result.summary)
+        print(f"results in {out_dir} (summary.md, summary.json, plots; one folder per run under {out_dir / 'runs'})")
 
     parser.set_defaults(run=run)
