@@ -540,7 +540,7 @@ sys.exit(main({argv!r}))
 def test_disk_full_during_a_checkpoint_write_is_one_error_line(env, trained, tmp_path):
     """A file-size limit stands for a full disk: the checkpoint (about 24 KB) cannot be written."""
     out = tmp_path / "run"
-    argv = [*TRAIN[:3], "protocol.shots=1", "train.epochs=2", f"output_dir={out}"]
+    argv = [*TRAIN[:3], "protocol.shots=1", "train.epochs=2", "train.progress=false", f"output_dir={out}"]
     child = _child(DISK_FULL.format(limit=16 * 1024, argv=argv), env)
     _, err = child.communicate(timeout=300)
     one_error_line(child.returncode, err, f"cannot write {out / 'last.pt'}", "File too large")

@@ -278,7 +278,7 @@ def world_base(tmp_path_factory):
     backbone = api.load_backbone("vlprompt-tiny", "world")
     base = load_yaml("experiments/deep_world.yaml")
     base["dataset"] = {"name": "world_textures", "root": str(api.world_data_root(root / "world"))}
-    base["train"]["epochs"] = 3
+    base["train"]["epochs"] = 5
     config = ExperimentConfig.from_dict({**base, "method": {"name": "zero-shot"}, "output_dir": str(root / "zs")})
     zero = api.run_experiment(config, backbone=backbone)["metrics"]["base"]["top1"]
     return backbone, base, zero
@@ -287,7 +287,8 @@ def world_base(tmp_path_factory):
 @pytest.mark.slow  # end to end on the embedded world
 @pytest.mark.parametrize("method", [
     {"name": "vpt", "depth": 3},
-    {"name": "ivlp", "depth_text": 3, "depth_vision": 3},
+    # IVLP at the world's lr 0.01 is still at zero-shot after 5 epochs (85.3 vs 86.0); at 0.02 it is at 92.0
+    {"name": "ivlp", "depth_text": 3, "depth_vision": 3, "train": {"lr": 0.02}},
     {"name": "maple", "depth": 3},
     {"name": "promptsrc", "depth_text": 3, "depth_vision": 3, "templates": "world_captions", "gpa_mean": 3.0},
 ], ids=lambda m: m["name"])
@@ -297,7 +298,9 @@ def test_each_method_beats_zero_shot_on_world_base_classes(world_base, tmp_path,
 
     monkeypatch.setenv("VLPROMPT_CACHE", str(tmp_path / "cache"))
     backbone, base, zero = world_base
-    config = ExperimentConfig.from_dict({**base, "method": method, "output_dir": str(tmp_path / "run")})
+    method = dict(method)
+    train = {**base["train"], **method.pop("train", {})}
+    config = ExperimentConfig.from_dict({**base, "method": method, "train": train, "output_dir": str(tmp_path / "run")})
     top1 = api.run_experiment(config, backbone=backbone)["metrics"]["base"]["top1"]
     assert top1 > zero + 1.0, f"{method['name']} {top1:.2f} vs zero-shot {zero:.2f} on world_textures base classes"
 
