@@ -23,14 +23,13 @@ from typing import TYPE_CHECKING
 import vlprompt
 from vlprompt.errors import VLPromptError
 from vlprompt.hashing import file_sha256
+from vlprompt.network import OFFLINE_ENVS, offline_reason  # noqa: F401  (one offline rule; re-exported)
 from vlprompt.paths import atomic_path
 
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-OFFLINE_ENVS = ("VLPROMPT_OFFLINE", "HF_HUB_OFFLINE")
 PROGRESS_MIN_BYTES = 1 << 20  # progress bars only for files of a megabyte or more (or of unknown size)
-_TRUE = {"1", "true", "yes", "on"}
 _RANGE_TOTAL = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 
@@ -44,15 +43,6 @@ class SourceNotFound(DownloadError):
 
 class ChecksumError(DownloadError):
     """The bytes arrived but their sha256 is not the expected one; nothing was kept."""
-
-
-def offline_reason() -> str | None:
-    """``"VLPROMPT_OFFLINE=1"`` (or ``HF_HUB_OFFLINE=1``) when offline mode is on, else None."""
-    for env in OFFLINE_ENVS:
-        value = os.environ.get(env, "")
-        if value.strip().lower() in _TRUE:
-            return f"{env}={value}"
-    return None
 
 
 def is_offline() -> bool:
