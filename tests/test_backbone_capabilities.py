@@ -83,7 +83,8 @@ def test_transformers_vision_block_norms_are_layer_norm1_and_2(tmp_path):
 
     _tiny_clip(tmp_path / "clip")
     backbone = create_backbone(f"hf:{tmp_path / 'clip'}")
-    assert backbone.capabilities == {Capability.IMAGE_TOKENS, Capability.IMAGE_NORMS}
+    assert backbone.capabilities == {Capability.IMAGE_TOKENS, Capability.IMAGE_NORMS,
+                                     Capability.DEEP_TEXT_PROMPTS, Capability.VISUAL_PROMPTS}
     names = list(backbone.image_norm_parameters())
     assert len(names) == 2 * 2 * 2  # 2 layers x (layer_norm1, layer_norm2) x (weight, bias)
     assert all(re.search(r"^model\.vision_model\.encoder\.layers\.\d+\.layer_norm[12]\.(weight|bias)$", n) for n in names)

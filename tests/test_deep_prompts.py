@@ -83,20 +83,23 @@ def test_bad_deep_prompts_are_one_clear_error(tiny_vit):
 
 def test_towers_without_the_hook_refuse_deep_prompts(tmp_path):
     pytest.importorskip("transformers")
-    from test_hf_backbone import _tiny_clip
+    from test_hf_backbone import _tiny_clip, _tiny_siglip
 
     from vlprompt.backbones import create_backbone
 
     _tiny_clip(tmp_path / "clip")
     backbone = create_backbone(f"hf:{tmp_path / 'clip'}")
+    backbone.capabilities = backbone.capabilities - {Capability.DEEP_TEXT_PROMPTS}  # a tower without the hook
     embeds, eot = _text(backbone)
     with torch.no_grad():
         torch.testing.assert_close(backbone.encode_text_embeds(embeds, eot, deep=DeepPrompts(())),
                                    backbone.encode_text_embeds(embeds, eot), rtol=0, atol=0)
     with pytest.raises(VLPromptError, match=r"needs deep text prompts, which HFClipBackbone \(.*\) does not provide"):
         backbone.encode_text_embeds(embeds, eot, deep=DeepPrompts([torch.zeros(2, backbone.identity.width)]))
+    _tiny_siglip(tmp_path / "siglip")  # no class token: SigLIP's vision tower takes no visual prompts
+    siglip = create_backbone(f"hf:{tmp_path / 'siglip'}")
     with pytest.raises(VLPromptError, match="needs visual prompts"):
-        backbone.encode_image(torch.zeros(1, 3, 32, 32), visual=VisualPrompts(torch.zeros(0, 32)))
+        siglip.encode_image(torch.zeros(1, 3, 32, 32), visual=VisualPrompts(torch.zeros(0, 32)))
 
 
 # -- visual prompts -----------------------------------------------------------------------------

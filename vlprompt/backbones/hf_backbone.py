@@ -9,6 +9,10 @@ Soft prompts run through each text tower exactly as its own ``get_text_features`
 - SigLIP: token + position embeddings -> bidirectional encoder (no padding mask: SigLIP pads to
   ``max_length`` and attends to the padding) -> final LayerNorm -> last token -> ``head``. Every position
   reaches the pooled one, so nothing is ever truncated.
+
+Deep text prompts (both towers) and visual prompts (CLIP's vision tower) run the encoder layers one by one,
+with the masks the tower's own forward builds, and write the prompt tokens between layers (`DeepPrompts`,
+`VisualPrompts`); without prompts the tower's own encoder call is used.
 """
 
 from __future__ import annotations
@@ -25,7 +29,14 @@ from torch import nn
 from vlprompt import network
 from vlprompt.backbones.base import Backbone, BackboneIdentity
 from vlprompt.backbones.capabilities import Capability
-from vlprompt.backbones.deep_prompts import DeepPrompts, VisualPrompts
+from vlprompt.backbones.deep_prompts import (
+    DeepPrompts,
+    VisualPrompts,
+    add_positions,
+    drop_positions,
+    insert_positions,
+    replace_positions,
+)
 from vlprompt.backbones.pretrained import ignored_by_own_weights
 from vlprompt.backbones.registry import BACKBONE_SOURCES
 from vlprompt.backbones.weights import file_sha256, short_hash
@@ -77,6 +88,27 @@ def _output(value: object) -> torch.Tensor:
     return value.pooler_output  # type: ignore[attr-defined]
 
 
+def _hidden(value: object) -> torch.Tensor:
+    """An encoder layer's output: a tensor in transformers 5, a tuple in 4.x."""
+    return value if isinstance(value, torch.Tensor) else value[0]  # type: ignore[index]
+
+
+def run_layers(
+    layers: Sequence[nn.Module], hidden: torch.Tensor, mask: torch.Tensor | None, extra: dict,
+    prompts: DeepPrompts | VisualPrompts, start: int,
+) -> torch.Tensor:
+    """The HF encoder loop (``CLIPEncoder.forward``: every layer with the same mask) with
+    ``prompts.at_block(i)`` written over positions ``[start, start + n)`` at the input of layer i."""
+    prompts.check(len(layers))
+    write = add_positions if getattr(prompts, "additive", False) else replace_positions
+    for i, layer in enumerate(layers):
+        tokens = prompts.at_block(i)
+        if tokens is not None:
+            hidden = write(hidden, tokens, start)
+        hidden = _hidden(layer(hidden, mask, **extra))
+    return hidden
+
+
 class HFClipBackbone(Backbone):
     """A transformers `CLIPModel` or `SiglipModel`, frozen, seen through its token embeddings."""
 
@@ -97,7 +129,9 @@ class HFClipBackbone(Backbone):
         self.train_transform: Callable = open_clip.transform.image_transform_v2(cfg, is_train=True)
         self.eval_transform: Callable = open_clip.transform.image_transform_v2(cfg, is_train=False)
         self.image_size: tuple[int, int] = tuple(cfg.size) if isinstance(cfg.size, (tuple, list)) else (cfg.size,) * 2
-        caps = {Capability.IMAGE_TOKENS}
+        caps = {Capability.IMAGE_TOKENS, Capability.DEEP_TEXT_PROMPTS}
+        if self.kind == "clip":  # SigLIP has no class token to place the visual prompts after
+            caps.add(Capability.VISUAL_PROMPTS)
         if self._block_norms():
             caps.add(Capability.IMAGE_NORMS)
         self.capabilities = frozenset(caps)
@@ -162,12 +196,18 @@ class HFClipBackbone(Backbone):
             length = int(eot_index.max()) + 1
         hidden = text.embeddings(inputs_embeds=embeds[:, :length])
         mask, extra = self._mask(hidden)
-        hidden = text.encoder(inputs_embeds=hidden, attention_mask=mask, **extra)
+        if deep is not None and deep.layers:
+            hidden = run_layers(text.encoder.layers, hidden, mask, extra, deep, deep.start)
+        else:
+            hidden = text.encoder(inputs_embeds=hidden, attention_mask=mask, **extra)
         hidden = text.final_layer_norm(hidden.last_hidden_state if not isinstance(hidden, torch.Tensor) else hidden)
         if self.kind == "siglip":
             return text.head(hidden[:, -1, :])
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eot_index]
         return self.model.text_projection(pooled)
+
+    def text_block_count(self) -> int:
+        return len(self.text_model.encoder.layers)
 
     def shared_prefix_unsupported(self) -> str | None:
         return "transformers text towers have no shared-prefix encoding in vlprompt (whole prompts are encoded)"
@@ -175,9 +215,21 @@ class HFClipBackbone(Backbone):
     # -- image -------------------------------------------------------------------------------
 
     def encode_image(self, images: torch.Tensor, visual: VisualPrompts | None = None) -> torch.Tensor:
-        if visual is not None:
-            self.require(Capability.VISUAL_PROMPTS, "encode_image(visual=...)")
-        return _output(self.model.get_image_features(pixel_values=images.to(self.device, self.dtype)))
+        if visual is None:
+            return _output(self.model.get_image_features(pixel_values=images.to(self.device, self.dtype)))
+        self.require(Capability.VISUAL_PROMPTS, "encode_image(visual=...)")
+        vision = self.model.vision_model  # CLIPVisionTransformer.forward with the prompts after the class token
+        hidden = vision.embeddings(images.to(self.device, self.dtype))
+        hidden = insert_positions(hidden, visual.shallow, VisualPrompts.START)  # before the pre-norm, as MaPLe
+        hidden = vision.pre_layrnorm(hidden)
+        hidden = run_layers(vision.encoder.layers, hidden, None, {}, visual, VisualPrompts.START)
+        hidden = drop_positions(hidden, VisualPrompts.START, visual.n_tokens)
+        return self.model.visual_projection(vision.post_layernorm(hidden[:, 0, :]))
+
+    def image_prompt_shape(self) -> tuple[int, int]:
+        self.require(Capability.VISUAL_PROMPTS, "image_prompt_shape")
+        vision = self.model.vision_model
+        return len(vision.encoder.layers), int(vision.config.hidden_size)
 
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.vision_model(pixel_values=images.to(self.device, self.dtype)).last_hidden_state
