@@ -18,6 +18,7 @@ with the masks the tower's own forward builds, and write the prompt tokens betwe
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -100,6 +101,8 @@ def run_layers(
     """The HF encoder loop (``CLIPEncoder.forward``: every layer with the same mask) with
     ``prompts.at_block(i)`` written over positions ``[start, start + n)`` at the input of layer i."""
     prompts.check(len(layers))
+    if layers and "causal_attention_mask" in inspect.signature(layers[0].forward).parameters:
+        extra = {**extra, "causal_attention_mask": None}  # transformers 4.x: the causal mask is already in `mask`
     write = add_positions if getattr(prompts, "additive", False) else replace_positions
     for i, layer in enumerate(layers):
         tokens = prompts.at_block(i)

@@ -98,13 +98,13 @@ def require_text_depth(backbone: Backbone, method: str, depth: int, clamp: bool)
     """The text prompt depth to use (checked against the text tower)."""
     if depth <= 1:
         return depth
-    backbone.require(Capability.DEEP_TEXT_PROMPTS, method, "deep text prompts need an open_clip text transformer")
+    backbone.require(Capability.DEEP_TEXT_PROMPTS, method, "deep text prompts need an open_clip or HF CLIP/SigLIP text tower")
     return check_depth(method, "text prompt depth", depth, backbone.text_block_count(), 1, clamp)
 
 
 def require_visual_depth(backbone: Backbone, method: str, depth: int, clamp: bool) -> tuple[int, int]:
     """(depth to use, image token width), checked against the image tower."""
-    backbone.require(Capability.VISUAL_PROMPTS, method, "visual prompts need an open_clip ViT image tower")
+    backbone.require(Capability.VISUAL_PROMPTS, method, "visual prompts need an open_clip ViT or Hugging Face CLIP vision tower")
     blocks, width = backbone.image_prompt_shape()
     return check_depth(method, "vision prompt depth", depth, blocks, 1, clamp), width
 
