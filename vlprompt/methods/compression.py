@@ -17,7 +17,6 @@ on CLIP; see docs/results/seed_systems_b.md.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,8 +28,9 @@ import torch.nn.functional as F
 from vlprompt.backbones.base import Backbone
 from vlprompt.errors import VLPromptError
 from vlprompt.methods.coop import CoOp, CoOpConfig
+from vlprompt.paths import read_json
 from vlprompt.prompts.handcrafted import text_classifier
-from vlprompt.prompts.templates import prompt_classname
+from vlprompt.prompts.templates import ClassDescriptions, prompt_classname
 from vlprompt.typed_config import from_dict
 
 
@@ -71,22 +71,17 @@ def read_descriptions(path: str | Path) -> dict[str, list[str]]:
     """Per-class descriptions: JSON ``{class: [text, ...]}`` (or ``{class: text}``), or text lines
     ``class: description`` (a class may have several lines). Blank lines and ``#`` comments skipped."""
     path = Path(path).expanduser()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise VLPromptError(f"descriptions file not found: {path}") from None
+    if not path.is_file():
+        raise VLPromptError(f"descriptions file not found: {path}")
     found: dict[str, list[str]] = {}
     if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise VLPromptError(f"descriptions file {path} is not valid JSON: {error}") from None
+        data = read_json(path, "descriptions file")
         if not isinstance(data, dict):
             raise VLPromptError(f"descriptions file {path} must map class names to descriptions")
         for name, value in data.items():
             found[str(name)] = [value] if isinstance(value, str) else [str(v) for v in value]
     else:
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
@@ -101,19 +96,14 @@ def read_descriptions(path: str | Path) -> dict[str, list[str]]:
 
 
 def description_features(backbone: Backbone, classnames: Sequence[str], descriptions: dict[str, list[str]]) -> torch.Tensor:
-    """``[C, D]``: each class's descriptions encoded, L2-normalised, averaged, re-normalised (the template
-    recipe with the class's own sentences). Every class needs at least one description."""
+    """``[C, D]``: each class's descriptions encoded, L2-normalised, averaged, re-normalised (`text_classifier`
+    on `ClassDescriptions`). Every class needs at least one description."""
     missing = [c for c in classnames if c not in descriptions]
     if missing:
         raise VLPromptError(
             f"no descriptions for {len(missing)} classes, e.g. {missing[:3]} (described: {sorted(descriptions)[:5]}...)"
         )
-    rows = []
-    with torch.inference_mode(), torch.autocast(backbone.device.type, enabled=False):
-        for name in classnames:
-            feats = F.normalize(backbone.encode_text(descriptions[name]).float(), dim=-1)
-            rows.append(F.normalize(feats.mean(dim=0), dim=-1))
-    return torch.stack(rows).clone()
+    return text_classifier(backbone, classnames, ClassDescriptions({c: descriptions[c] for c in classnames}))
 
 
 def compression_target(
