@@ -27,9 +27,7 @@ from vlprompt.backbones.base import Backbone
 from vlprompt.errors import VLPromptError
 from vlprompt.methods.base import MethodConfig, PromptMethod, register_method
 from vlprompt.methods.label_space import LabelSpace
-from vlprompt.prompts.assembler import PromptAssembler
-from vlprompt.prompts.context import initial_context
-from vlprompt.prompts.templates import prompt_classname
+from vlprompt.prompts.context import context_class_prompts, initial_context
 
 
 @dataclass
@@ -100,9 +98,7 @@ class Persoma(PromptMethod):
         self._build(self.classnames)
 
     def _build(self, classnames: Sequence[str]) -> None:
-        self.prompts = PromptAssembler(
-            self.backbone, "{ctx} {class}.", {"class": [prompt_classname(c) for c in classnames]}, {"ctx": self.n_ctx}
-        )
+        self.prompts = context_class_prompts(self.backbone, classnames, self.n_ctx)
         self.classnames = list(classnames)
 
     def set_classnames(self, classnames: Sequence[str]) -> None:

@@ -35,7 +35,7 @@ from vlprompt.errors import VLPromptError
 from vlprompt.methods.base import MethodConfig, PromptMethod, register_method
 from vlprompt.methods.label_space import LabelSpace
 from vlprompt.prompts.assembler import PromptAssembler
-from vlprompt.prompts.context import initial_context
+from vlprompt.prompts.context import context_class_prompts, initial_context
 from vlprompt.prompts.templates import prompt_classname
 
 STAGES = ("attributes", "connector")
@@ -135,8 +135,8 @@ class Tailor(PromptMethod):
             self.backbone, "{ctx_a}{ctx_b}" + ("{conn}" if m else "") + " {class}.",
             {"class": [f"{a} {b}" for a, b in parts]}, learned,
         )
-        self.prompt_a = PromptAssembler(self.backbone, "{ctx} {class}.", {"class": self.attrs_a}, {"ctx": self.n_ctx})
-        self.prompt_b = PromptAssembler(self.backbone, "{ctx} {class}.", {"class": self.attrs_b}, {"ctx": self.n_ctx})
+        self.prompt_a = context_class_prompts(self.backbone, self.attrs_a, self.n_ctx)
+        self.prompt_b = context_class_prompts(self.backbone, self.attrs_b, self.n_ctx)
         length = self.composed.token_ids.shape[1]
         pos_a, pos_b = self.composed.positions("ctx_a")[0], self.composed.positions("ctx_b")[0]
         self.layout = composition_layout(length, pos_a, pos_b, self.config.mask, self.config.reindex)

@@ -23,6 +23,8 @@ import torch
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.errors import VLPromptError
+from vlprompt.prompts.assembler import PromptAssembler
+from vlprompt.prompts.templates import prompt_classname
 
 INIT_STRATEGIES = ("normal", "word", "uniform", "vocab", "class_label")
 CLASS_LABEL_FILLS = ("vocab", "cycle")
@@ -139,3 +141,8 @@ def check_init(strategy: str, ctx_init: str, where: str) -> None:
         raise VLPromptError(
             f"{where}: ctx_init words are only used by init 'word' (got init {strategy!r}); set ctx_init: \"\""
         )
+
+
+def context_class_prompts(backbone: Backbone, classnames: Sequence[str], n_ctx: int) -> PromptAssembler:
+    """CoOp's unified-context prompt ``"{ctx} {class}."`` over `classnames` (n_ctx learned tokens in slot ``ctx``)."""
+    return PromptAssembler(backbone, "{ctx} {class}.", {"class": [prompt_classname(c) for c in classnames]}, {"ctx": n_ctx})
