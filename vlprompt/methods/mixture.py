@@ -98,14 +98,6 @@ def split_template(template: str) -> tuple[str, str]:
     return before.strip(), after.strip()
 
 
-def _text_blocks(backbone: Backbone) -> int:
-    tower = getattr(backbone, "text_tower", None)
-    blocks = getattr(getattr(tower, "transformer", None), "resblocks", None)
-    if blocks is None:
-        raise VLPromptError(f"mixture: cannot count the text blocks of {type(backbone).__name__} for deep perturbation")
-    return len(blocks)
-
-
 @register_method("mixture")
 class SoftPromptMixture(PromptMethod):
     config_class = MixtureConfig
@@ -124,7 +116,7 @@ class SoftPromptMixture(PromptMethod):
         self.deep = nn.ParameterDict()
         if config.deep:
             backbone.require(Capability.DEEP_TEXT_PROMPTS, "mixture (deep: true)")
-            blocks = _text_blocks(backbone)
+            blocks = backbone.text_block_count()
             for k in range(K):
                 if f"pre{k}" in self.vectors and blocks > 1:
                     n = self.vectors[f"pre{k}"].shape[0]
