@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from vlprompt.backbones.base import Backbone
+from vlprompt.data.folder import IMAGE_EXTENSIONS
 from vlprompt.data.images import load_image
 from vlprompt.errors import VLPromptError
 from vlprompt.methods.base import PromptMethod
@@ -48,9 +49,6 @@ def _parts(method: PromptMethod, index: int) -> dict[str, str]:
     return {}
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-
-
 @torch.inference_mode()
 def set_user_examples(method: PromptMethod, folder: str | os.PathLike, batch_size: int = 32) -> int:
     """Personalise `method` (a prompt adapter such as ``persoma``) with the images in `folder`: they are
@@ -61,9 +59,9 @@ def set_user_examples(method: PromptMethod, folder: str | os.PathLike, batch_siz
     root = Path(folder)
     if not root.is_dir():
         raise VLPromptError(f"user examples folder not found: {root}")
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not paths:
-        raise VLPromptError(f"user examples folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise VLPromptError(f"user examples folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     backbone = method.backbone
     feats = []
     for start in range(0, len(paths), batch_size):
