@@ -30,7 +30,7 @@ from vlprompt.backbones.base import Backbone
 from vlprompt.errors import VLPromptError
 from vlprompt.methods.base import MethodConfig, PromptMethod, register_method
 from vlprompt.methods.label_space import LabelSpace
-from vlprompt.prompts.context import INIT_STRATEGIES, context_class_prompts, init_strategy, initial_context
+from vlprompt.prompts.context import check_init, context_class_prompts, init_strategy, initial_context
 
 COMBINE = ("average", "vote")
 
@@ -59,8 +59,7 @@ class PromptEnsembleConfig(MethodConfig):
         if not isinstance(inits, (list, tuple)) or not inits:
             raise VLPromptError(f"{where}: init must be a strategy or a non-empty list of them")
         for strategy in inits:
-            if strategy and strategy not in INIT_STRATEGIES:
-                raise VLPromptError(f"{where}: init {strategy!r} is not one of {list(INIT_STRATEGIES)}")
+            check_init(strategy, "", where)
 
 
 def combine_probabilities(member_logits: torch.Tensor, how: str = "average") -> torch.Tensor:
