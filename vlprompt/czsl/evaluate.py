@@ -160,12 +160,13 @@ def validation_loss(method: PairMethod, dataset: CZSLDataset, phase: str, train_
             feats = image_features(method, items, {}, options, cache)
             batches = ({"features": feats[i : i + options.batch_size]} for i in range(0, len(items), options.batch_size))
         start = 0
-        for batch in batches:
-            n = len(next(iter(batch.values())))
-            batch["labels"] = labels[start : start + n].to(method.pair_index.device)
-            start += n
-            loss, _ = method.loss(method(batch), batch)
-            losses.append(float(loss))
+        with method.text_reused():  # eval mode: the pairs' text is the same for every batch
+            for batch in batches:
+                n = len(next(iter(batch.values())))
+                batch["labels"] = labels[start : start + n].to(method.pair_index.device)
+                start += n
+                loss, _ = method.loss(method(batch), batch)
+                losses.append(float(loss))
     finally:
         method.set_label_space(train_labels)
         method.train(was_training)

@@ -446,7 +446,7 @@ class DFSP(PairMethod):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         pairs = self.pair_index
-        sides = self._text_sides(pairs)
+        sides = self._pair_text(lambda: self._text_sides(pairs))
         text = sides["text"]  # [P, D]
         clip_feat, tokens = self._image_inputs(batch)
         scale = self.backbone.logit_scale
