@@ -9,19 +9,21 @@ import json
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
 from vlprompt.cli import main
 from vlprompt.config import ExperimentConfig
 from vlprompt.czsl.augment import czsl_train_transform
 from vlprompt.czsl.data import CZSLDataset
-from vlprompt.czsl.evaluate import EvalOptions, evaluate_phase, image_features, stream_scores
+from vlprompt.czsl.evaluate import EvalOptions, evaluate_phase, image_features, stream_scores, validation_loss
 from vlprompt.czsl.feasibility import backbone_vectors, feasibility_scores
 from vlprompt.czsl.metrics import NO_THRESHOLD, pick_threshold
 from vlprompt.czsl.protocol import open_world_protocol, seen_mask_of
 from vlprompt.czsl.synthetic import write_miniature
 from vlprompt.engine.cache import FeatureCache
 from vlprompt.engine.selection import EpochSelector
+from vlprompt.engine.views import SeededImages
 from vlprompt.methods import PairLabels, build_method
 from vlprompt.methods.pairs import clean_name, mean_token_embeddings
 from vlprompt.runner import run_experiment
@@ -176,3 +178,28 @@ def test_czsl_eval_writes_the_curve_plot(mini, tmp_path):
                  "--plot", str(png), "backbone.name=vlprompt-test-vit", "backbone.pretrained=none",
                  "method.name=zero-shot", "eval.worlds=[closed]", "eval.phases=[test]"])
     assert code == 0 and png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_validation_loss_encodes_the_pairs_text_once(tiny_vit, mini, monkeypatch):
+    """The loss of best-epoch selection reuses the pairs' text across batches, with the same value as
+    re-encoding it per batch (eval mode: the text does not depend on the images)."""
+    torch.manual_seed(0)
+    ds = CZSLDataset.load(mini, open_world=False, name="mini")
+    labels = PairLabels.create(ds.attrs, ds.objs, ds.train_pair_index)
+    dfsp = build_method("dfsp", tiny_vit, labels, {"fusion": "txt2img"})
+    options = EvalOptions(batch_size=2)
+    calls = []
+    encode = dfsp._text_sides
+    monkeypatch.setattr(dfsp, "_text_sides", lambda pairs: calls.append(len(pairs)) or encode(pairs))
+    reused = validation_loss(dfsp, ds, "val", labels, options)
+    assert calls == [len(ds.all_pair_index)] and len(ds.items["val"]) > 2
+    dfsp.eval()
+    dfsp.set_pairs(ds.all_pair_index)
+    y = ds.labels("val")["pair"]
+    with torch.no_grad():
+        per_batch = []
+        for images, _, index in DataLoader(SeededImages(ds.items["val"], tiny_vit.eval_transform, int), batch_size=2):
+            batch = {"images": images, "labels": y[index]}
+            per_batch.append(float(dfsp.loss(dfsp(batch), batch)[0]))
+    assert len(calls) == 1 + len(per_batch)
+    assert reused == pytest.approx(sum(per_batch) / len(per_batch), rel=1e-5)

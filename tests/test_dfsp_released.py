@@ -19,7 +19,7 @@ from vlprompt.czsl.evaluate import EvalOptions, batch_scores
 from vlprompt.czsl.synthetic import write_miniature
 from vlprompt.engine.cache import FeatureCache
 from vlprompt.methods import PairLabels, build_method
-from vlprompt.methods.dfsp import DFSP, convert_released_state_dict
+from vlprompt.methods.dfsp import DFSP, ImageToTextFusion, convert_released_state_dict
 from vlprompt.runner import run_experiment
 from vlprompt.zoo.checkpoint import load_prompt
 
@@ -65,10 +65,10 @@ def _ln(x, sd, name):
     return F.layer_norm(x, x.shape[-1:], sd[name + ".weight"], sd[name + ".bias"])
 
 
-def _attn(q, kv, sd, name):
+def _attn(q, kv, sd, name, heads=None):
     w = q.shape[-1]
     return F.multi_head_attention_forward(
-        q, kv, kv, w, max(1, w // 64), sd[name + ".in_proj_weight"], sd[name + ".in_proj_bias"], None, None, False,
+        q, kv, kv, w, heads or max(1, w // 64), sd[name + ".in_proj_weight"], sd[name + ".in_proj_bias"], None, None, False,
         0.0, sd[name + ".out_proj.weight"], sd[name + ".out_proj.bias"], training=False, need_weights=False)[0]
 
 
@@ -82,8 +82,8 @@ def _resblock(x, sd, name):
     return x + _mlp(_ln(x, sd, name + ".ln_2"), sd, name + ".mlp")
 
 
-def _crossblock(x, y, sd, name):
-    x = x + _attn(_ln(x, sd, name + ".ln_x"), _ln(y, sd, name + ".ln_y"), sd, name + ".attn")
+def _crossblock(x, y, sd, name, heads=None):
+    x = x + _attn(_ln(x, sd, name + ".ln_x"), _ln(y, sd, name + ".ln_y"), sd, name + ".attn", heads)
     return x + _mlp(_ln(x, sd, name + ".ln_2"), sd, name + ".mlp")
 
 
@@ -134,7 +134,8 @@ def released_logits(backbone, sd, images, pairs, fusion, res_w=0.8):
     x = F.linear(x.permute(2, 1, 0), sd[f + "img2txt_transform_layer2.weight"], sd[f + "img2txt_transform_layer2.bias"])
     keys = x.permute(2, 1, 0).reshape(-1, n, x.shape[0])  # [L·B, A+O, W]
     queries = _decompose(text_ft, pairs, n_attrs, n_objs).repeat(b, 1, 1)  # [B·L, A+O, W]
-    z = _resblock(_crossblock(queries, keys, sd, f + "crossblock_txt"), sd, f + "resblocks_txt.0")
+    heads = max(1, img_lnd.shape[-1] // 64)  # released: CrossResidualAttentionBlock(width_txt, width_img // 64)
+    z = _resblock(_crossblock(queries, keys, sd, f + "crossblock_txt", heads), sd, f + "resblocks_txt.0")
     z = F.linear(z[:, pairs[:, 0]] * z[:, pairs[:, 1] + n_attrs], sd[f + "txt_fine_tune.weight"], sd[f + "txt_fine_tune.bias"])
     z = z.reshape(b, L, -1, z.shape[-1]).permute(0, 2, 1, 3)  # [B, P, L, W]
     fused_txt = pool_text(z)  # [B, P, D]
@@ -219,3 +220,11 @@ def test_img2txt_trains_and_evaluates_per_batch(tiny_vit, tmp_path):
     by1 = batch_scores(method, ds.items["test"], state, EvalOptions(batch_size=1))
     assert by3.shape == (len(ds.items["test"]), len(ds.all_pair_index))
     assert not torch.allclose(by3, by1)  # as released, the batch composition changes the fused text
+
+
+def test_img2txt_cross_attention_uses_the_image_width_head_count():
+    """Released ``crossblock_txt = CrossResidualAttentionBlock(width_txt, width_img // 64)``: ViT-L-14's
+    768-wide text attends with 16 heads (1024 // 64), not 12."""
+    fusion = ImageToTextFusion(3, 256, 1024, 768, 8, sa_layers=0)
+    assert fusion.cross.attn.num_heads == 16
+    assert ImageToTextFusion(3, 4, 768, 512, 8, sa_layers=0).cross.attn.num_heads == 8  # 12 does not divide 512

@@ -18,15 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vlprompt.czsl.data import CZSLDataset
-from vlprompt.czsl.metrics import (
-    FEASIBILITY_RULES,
-    NO_THRESHOLD,
-    ScoreAccumulator,
-    apply_feasibility,
-    feasibility_thresholds,
-    pick_threshold,
-    summary_metrics,
-)
+from vlprompt.czsl.metrics import FEASIBILITY_RULES, blocks_metrics
 from vlprompt.engine.features import extract_image_features
 from vlprompt.engine.views import SeededImages
 from vlprompt.errors import VLPromptError
@@ -124,36 +116,11 @@ def evaluate_phase(method: PairMethod, dataset: CZSLDataset, phase: str, options
     else:
         blocks = stream_scores(method, state, image_features(method, items, state, options, cache), len(pairs),
                                options.pair_chunk)
-    if feasibility is not None and search_threshold:  # the grid, then the released start value last
-        grid = feasibility_thresholds(feasibility, seen, options.threshold_trials)
-        thresholds = np.append(grid, NO_THRESHOLD)
-    elif feasibility is not None:
-        if threshold is None:
-            raise VLPromptError("open-world evaluation with feasibility scores needs a threshold (or a search on val)")
-        thresholds = np.array([threshold])
-    else:
-        thresholds = None
-    n_acc = 1 if thresholds is None else len(thresholds)
-    accs = [ScoreAccumulator(labels["pair"], seen, closed, options.k) for _ in range(n_acc)]
-    for cols, block in blocks:
-        for i, acc in enumerate(accs):
-            scores = block if thresholds is None else apply_feasibility(
-                block, feasibility, seen, float(thresholds[i]), columns=cols, rule=options.feasibility_rule)
-            acc.add_columns(scores)
-    results = [summary_metrics(acc.summary(), labels["attr"], labels["obj"], labels["pair"], pairs, seen)
-               for acc in accs]
-    if thresholds is not None and search_threshold:
-        best_i = pick_threshold([r["AUC"] for r in results[:-1]], thresholds[:-1])
-        best_i = len(results) - 1 if best_i is None else best_i
-        result = dict(results[best_i])
-        result["threshold"] = float(thresholds[best_i])
-        result["threshold_aucs"] = [r["AUC"] for r in results[:-1]]
-    else:
-        result = dict(results[0])
-        if thresholds is not None:
-            result["threshold"] = float(thresholds[0])
-    if feasibility is not None:
-        result["feasibility_rule"] = options.feasibility_rule
+    if feasibility is not None and not search_threshold and threshold is None:
+        raise VLPromptError("open-world evaluation with feasibility scores needs a threshold (or a search on val)")
+    result = blocks_metrics(blocks, labels["attr"], labels["obj"], labels["pair"], pairs, seen, closed, options.k,
+                            feasibility, None if search_threshold else threshold, options.feasibility_rule,
+                            options.threshold_trials)
     method.train(was_training)
     result.update({"phase": phase, "open_world": dataset.open_world, "n_pairs": len(pairs),
                    "n_candidates": int(closed.sum()), "n_images": len(items),
@@ -193,12 +160,13 @@ def validation_loss(method: PairMethod, dataset: CZSLDataset, phase: str, train_
             feats = image_features(method, items, {}, options, cache)
             batches = ({"features": feats[i : i + options.batch_size]} for i in range(0, len(items), options.batch_size))
         start = 0
-        for batch in batches:
-            n = len(next(iter(batch.values())))
-            batch["labels"] = labels[start : start + n].to(method.pair_index.device)
-            start += n
-            loss, _ = method.loss(method(batch), batch)
-            losses.append(float(loss))
+        with method.text_reused():  # eval mode: the pairs' text is the same for every batch
+            for batch in batches:
+                n = len(next(iter(batch.values())))
+                batch["labels"] = labels[start : start + n].to(method.pair_index.device)
+                start += n
+                loss, _ = method.loss(method(batch), batch)
+                losses.append(float(loss))
     finally:
         method.set_label_space(train_labels)
         method.train(was_training)

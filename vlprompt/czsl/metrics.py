@@ -25,7 +25,7 @@ a bias) and the ground-truth score: O(n K) memory whatever P is.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -351,3 +351,38 @@ def pick_threshold(aucs: Sequence[float], thresholds: Sequence[float]) -> int | 
         if auc > best_auc:
             best_auc, best_i = auc, i
     return best_i
+
+
+def blocks_metrics(blocks: Iterable[tuple[slice, torch.Tensor]], attr_gt: torch.Tensor, obj_gt: torch.Tensor,
+                   pair_gt: torch.Tensor, pairs: torch.Tensor, seen_mask: torch.Tensor,
+                   closed_mask: torch.Tensor | None = None, k: int = 8, feasibility: torch.Tensor | None = None,
+                   threshold: float | None = None, rule: str = "multiply", trials: int = 50) -> dict:
+    """The reference metrics of score ``blocks`` (``(column slice, [n, cols])``, streamed over all pair
+    columns), the one code path of the evaluator and `vlprompt.czsl.protocol.open_world_protocol`.
+
+    Without `feasibility`: plain metrics. With it, `threshold` filters by `rule`; ``threshold=None``
+    scores the released grid (``trials`` points) plus `NO_THRESHOLD` in one pass and keeps the best AUC
+    (`pick_threshold`; when none beats AUC 0, threshold and statistics are those at `NO_THRESHOLD`),
+    adding ``threshold_aucs`` and ``threshold_grid``."""
+    search = feasibility is not None and threshold is None
+    if search:
+        grid = feasibility_thresholds(feasibility, seen_mask, trials)
+        thresholds = np.append(grid, NO_THRESHOLD)  # the released start value last
+    else:
+        thresholds = None if feasibility is None else np.array([threshold])
+    accs = [ScoreAccumulator(pair_gt, seen_mask, closed_mask, k) for _ in range(1 if thresholds is None else len(thresholds))]
+    for cols, block in blocks:
+        for i, acc in enumerate(accs):
+            acc.add_columns(block if thresholds is None else apply_feasibility(
+                block, feasibility, seen_mask, float(thresholds[i]), columns=cols, rule=rule))
+    results = [summary_metrics(acc.summary(), attr_gt, obj_gt, pair_gt, pairs, seen_mask) for acc in accs]
+    if thresholds is None:
+        return dict(results[0])
+    best = pick_threshold([r["AUC"] for r in results[:-1]], thresholds[:-1]) if search else 0
+    best = len(results) - 1 if best is None else best
+    result = dict(results[best])
+    result.update(threshold=float(thresholds[best]), feasibility_rule=rule)
+    if search:
+        result["threshold_aucs"] = [float(r["AUC"]) for r in results[:-1]]
+        result["threshold_grid"] = [float(t) for t in grid]
+    return result

@@ -1,22 +1,16 @@
 """The open-world protocol on a score matrix, without a method object: feasibility filter, threshold
 search (CSP/DFSP's grid and rule) and the reference metrics, for scores computed anywhere
-(another codebase, a saved matrix, a unit test)."""
+(another codebase, a saved matrix, a unit test). The same code path as the evaluator
+(`vlprompt.czsl.metrics.blocks_metrics`), fed one block."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
-from vlprompt.czsl.metrics import (
-    NO_THRESHOLD,
-    apply_feasibility,
-    dense_metrics,
-    feasibility_thresholds,
-    pick_threshold,
-)
+from vlprompt.czsl.metrics import blocks_metrics
 from vlprompt.errors import VLPromptError
 
 PairList = torch.Tensor | Sequence[tuple[int, int]]
@@ -68,20 +62,5 @@ def open_world_protocol(
     seen = seen_mask_of(pairs_t, train_pairs)
     attr_gt, obj_gt = pairs_t[pair_gt, 0], pairs_t[pair_gt, 1]
 
-    def at(th: float) -> dict[str, Any]:
-        filtered = apply_feasibility(scores.float(), feasibility, seen, th, rule=rule)
-        return dense_metrics(filtered, attr_gt, obj_gt, pair_gt, pairs_t, seen)
-
-    if threshold is not None:
-        result = at(float(threshold))
-        result["threshold"] = float(threshold)
-    else:
-        grid = feasibility_thresholds(feasibility, seen, trials)
-        runs = [at(float(th)) for th in grid]
-        best = pick_threshold([r["AUC"] for r in runs], grid)
-        result = runs[best] if best is not None else at(NO_THRESHOLD)
-        result["threshold"] = float(grid[best]) if best is not None else NO_THRESHOLD
-        result["threshold_aucs"] = [float(r["AUC"]) for r in runs]
-        result["threshold_grid"] = np.asarray(grid, dtype=float).tolist()
-    result["feasibility_rule"] = rule
-    return result
+    return blocks_metrics([(slice(0, len(pairs_t)), scores.float())], attr_gt, obj_gt, pair_gt, pairs_t, seen,
+                          feasibility=feasibility, threshold=threshold, rule=rule, trials=trials)

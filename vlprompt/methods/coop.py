@@ -77,12 +77,7 @@ class CoOp(PromptMethod):
     def __init__(self, backbone: Backbone, labels: LabelSpace | Sequence[str], config: CoOpConfig) -> None:
         super().__init__(backbone, labels, config)
         classnames = self.classnames
-        if config.class_position not in _LAYOUTS:
-            raise VLPromptError(
-                f"coop: class_position {config.class_position!r} is not one of {sorted(_LAYOUTS)}"
-            )
-        if config.csc_word_init not in CSC_WORD_INIT:
-            raise VLPromptError(f"coop: csc_word_init {config.csc_word_init!r} is not one of {list(CSC_WORD_INIT)}")
+        config.check(self.name)  # also when built from a config object, not through from_dict
         strategy = init_strategy(config.init, config.ctx_init)
         class_specific = config.class_specific and not (strategy == "word" and config.csc_word_init == "shared")
         if config.class_specific and not class_specific:

@@ -12,7 +12,9 @@ Released details kept by default (each has an option restoring the earlier vlpro
 - ``text_sa_layers``: self-attention blocks on the text side (released: ``SA_K``, as on the image side).
 Deliberate deviation: a primitive absent from the current pair set decomposes to 0 (states) or
 ``empty_logit`` (logits); the released code takes the mean of an empty set there, which is NaN.
-Pooled-feature variants remain as options (``decompose``, ``image_side``).
+Pooled-feature variants remain as options (``decompose``, ``image_side``). The released ``img2txt``
+branch of ``ft_to_logit`` pools its text into ``txt_ft`` but returns ``txt_tf`` (unbound there, so the
+released UT-Zappos run stops with an error as committed); vlprompt computes what the names intend.
 
 Weight layout: ``txt2img_2`` (the released ``txt2img_transform_layer2``) is a linear over the flattened
 (primitive, position) axis. vlprompt flattens primitive-major (column ``p * L + t``), the released code
@@ -208,7 +210,10 @@ class ImageToTextFusion(nn.Module):
         self.img2txt_1 = nn.Linear(img_width, text_width)
         self.img2txt_2 = nn.Linear(n_img_tokens + 1, seq_len * n_primitives)
         self.drop = nn.Dropout(dropout)
-        self.cross = _CrossBlock(text_width, max(1, text_width // 64), act=act)
+        # released: crossblock_txt = CrossResidualAttentionBlock(width_txt, width_img // 64), i.e. the image
+        # width's head count (16 on ViT-L-14's 768-wide text); the text width's where it does not divide
+        heads = max(1, img_width // 64)
+        self.cross = _CrossBlock(text_width, heads if text_width % heads == 0 else max(1, text_width // 64), act=act)
         n_text = sa_layers if text_sa_layers is None else text_sa_layers
         self.txt_blocks = nn.ModuleList(_CrossBlock(text_width, max(1, text_width // 64), dropout, act)
                                         for _ in range(n_text))
@@ -446,7 +451,7 @@ class DFSP(PairMethod):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         pairs = self.pair_index
-        sides = self._text_sides(pairs)
+        sides = self._pair_text(lambda: self._text_sides(pairs))
         text = sides["text"]  # [P, D]
         clip_feat, tokens = self._image_inputs(batch)
         scale = self.backbone.logit_scale

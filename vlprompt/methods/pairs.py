@@ -14,7 +14,8 @@ prompt; per-pair attribute / object vectors enter through its batch axis, so not
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -76,6 +77,7 @@ class PairMethod(PromptMethod):
     """Base: primitives, the current candidate pairs and the eval protocol hooks."""
 
     config_class: ClassVar[type[MethodConfig]] = PairMethodConfig
+    _text_memo: dict[str, Any] | None = None  # set inside `text_reused`
 
     def __init__(self, backbone: Backbone, labels: LabelSpace, config: PairMethodConfig) -> None:
         if not isinstance(labels, PairLabels):
@@ -135,9 +137,27 @@ class PairMethod(PromptMethod):
     def eval_text_features(self, state: dict[str, Any], cols: slice) -> torch.Tensor:
         return state["text"][cols]
 
+    @contextmanager
+    def text_reused(self) -> Iterator[None]:
+        """Within (eval mode, no grad): `forward` encodes the current pairs' text once and reuses it for
+        every batch, since it does not depend on the images (the validation loss of best-epoch selection)."""
+        self._text_memo = {}
+        try:
+            yield
+        finally:
+            self._text_memo = None
+
+    def _pair_text(self, compute: Callable[[], Any]) -> Any:
+        """``compute()``, or its value memoised inside `text_reused`."""
+        if self._text_memo is None:
+            return compute()
+        if "text" not in self._text_memo:
+            self._text_memo["text"] = compute()
+        return self._text_memo["text"]
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         image = self.image_features(batch)
-        text = F.normalize(self.pair_text_features(self.pair_index), dim=-1)
+        text = self._pair_text(lambda: F.normalize(self.pair_text_features(self.pair_index), dim=-1))
         return self.backbone.logit_scale * image @ text.to(image.dtype).t()
 
 
