@@ -528,6 +528,36 @@ def test_damaged_cache_entries_are_rebuilt_and_reported(env, folder, tmp_path, d
     assert FeatureCache(tmp_path / "c", progress=False).get(backbone, items, backbone.eval_transform).equal(first)
 
 
+
+def test_cache_shards_are_checksummed_once_per_cache_object(folder, tmp_path, monkeypatch):
+    """Reading a shard again (validation every epoch) does not hash it again; a shard changed on disk
+    since its check (new mtime) is checked again, and a damaged one is still rebuilt."""
+    import torch
+
+    from vlprompt.backbones import create_backbone
+    from vlprompt.data.folder import read_image_folder
+    from vlprompt.engine import cache as cache_module
+
+    torch.manual_seed(0)
+    backbone = create_backbone("vlprompt-test-vit")
+    items = read_image_folder(folder).split("train")
+    first = cache_module.FeatureCache(tmp_path / "c", progress=False).get(backbone, items, backbone.eval_transform)
+    hashed = []
+    real = cache_module.features_sha256
+    monkeypatch.setattr(cache_module, "features_sha256", lambda f: hashed.append(1) or real(f))
+    cache = cache_module.FeatureCache(tmp_path / "c", progress=False)
+    for _ in range(3):
+        assert cache.get(backbone, items, backbone.eval_transform).equal(first)
+    assert len(hashed) == 1 and cache.computed == 0
+    (shard,) = (tmp_path / "c").rglob("*.safetensors")
+    data = bytearray(shard.read_bytes())
+    header = 8 + int.from_bytes(data[:8], "little")
+    shard.write_bytes(bytes(data[:header]) + bytes(len(data) - header))  # same size, zeroed features
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))
+    with pytest.warns(UserWarning, match="fails its checksum"):
+        assert cache.get(backbone, items, backbone.eval_transform).equal(first)
+    assert cache.rebuilt == len(items)
+
 DISK_FULL = """
 import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -60,6 +60,13 @@ def test_every_saved_prompt_has_a_model_card(tiny_vit, tmp_path):
     (mine / "README.md").write_text("# my notes\n")
     save_prompt(mine / "prompt", method)
     assert (mine / "README.md").read_text() == "# my notes\n"  # a README the user wrote is kept
+    for notes in ("---\nnot: [yaml\n---\n", "---\njust a rule\n---\n"):  # a --- rule, not front matter
+        (mine / "README.md").write_text(notes)
+        save_prompt(mine / "prompt", method, training={"root": tmp_path})  # a Path in training: written as text
+        assert (mine / "README.md").read_text() == notes
+    (mine / "README.md").unlink()
+    save_prompt(mine / "prompt", method, training={"root": tmp_path})
+    assert f"`{{\"root\": \"{tmp_path}\"}}`" in (mine / "README.md").read_text()
 
 
 def test_push_card_carries_hub_metadata(tiny_vit, tmp_path):

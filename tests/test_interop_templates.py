@@ -87,3 +87,15 @@ def test_methods_take_cupl_and_clip_benchmark_templates(tiny_vit, tmp_path):
     assert lasp.templates == ["a {}.", "the {}."]
     with pytest.raises(VLPromptError, match="lasp: templates must be shared"):
         build_method("lasp", tiny_vit, CLASSES, {"templates": cupl})
+
+
+def test_cupl_sentences_cut_to_the_context_are_checked_like_templates(tiny_vit):
+    """Descriptions with different sentence counts per class go through the same truncation check: a
+    cut is warned about, and a cut that makes two classes' sentences identical is refused."""
+    long = " ".join(["striped"] * 80)
+    cut = ClassDescriptions({"golden retriever": [f"A dog {long}", "A dog."], "cat": [f"A cat {long}"]})
+    with pytest.warns(UserWarning, match=r"^2 class name\(s\) make prompts longer"):
+        text_classifier(tiny_vit, CLASSES, cut)
+    same = ClassDescriptions({"golden retriever": [f"{long} dog", "x"], "cat": [f"{long} cat", "x"]})
+    with pytest.raises(VLPromptError, match="identical prompts"):
+        text_classifier(tiny_vit, CLASSES, same)

@@ -52,7 +52,10 @@ def test_unreachable_proxy_is_detected_at_once(empty_hub, monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:1")
     with pytest.raises(VLPromptError, match=r"no network: cannot reach proxy 127\.0\.0\.1:1"):
         create_backbone("ViT-B-32", "openai")
-    assert network._probes == {("127.0.0.1", 1): network._probes[("127.0.0.1", 1)]}  # probed once, remembered
+    assert list(network._probes) == [("127.0.0.1", 1)]
+    _no_network_calls(monkeypatch)  # remembered: asking again probes nothing
+    with pytest.raises(VLPromptError, match=r"no network: cannot reach proxy 127\.0\.0\.1:1"):
+        create_backbone("ViT-B-32", "openai")
 
 
 def test_cached_weights_load_with_the_hub_offline(empty_hub, monkeypatch):

@@ -127,23 +127,33 @@ def _concerns(error: OSError, paths: tuple[Path, ...]) -> bool:
     return error.filename is None or any(os.fspath(error.filename) == os.fspath(p) for p in paths)
 
 
-def check_writable(final: str | os.PathLike) -> None:
-    """Fail now, with `atomic_path`'s one line, if `final` could not be written later (a read-only or
-    forbidden folder, a directory in the way), so that no work is done for results that would be lost."""
-    final = Path(final)
+def _prepare_write(final: Path) -> tuple[Path, bool]:
+    """Create `final`'s folder and resolve what to write (`_write_target`); a failure is one line naming `final`."""
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise _write_error(final, final, error) from None
-    target, in_place = _write_target(final)
-    if in_place:  # a device or FIFO: opened when written (opening a FIFO now would block)
-        return
+    return _write_target(final)
+
+
+def _make_temp(final: Path, target: Path) -> Path:
+    """An empty ``.<name>.XXXXXXXX.tmp`` beside `target` (the name `clean_stale_temps` recognises)."""
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
     except OSError as error:
         raise _write_error(final, target, error) from None
     os.close(fd)
-    os.unlink(tmp)
+    return Path(tmp)
+
+
+def check_writable(final: str | os.PathLike) -> None:
+    """Fail now, with `atomic_path`'s one line, if `final` could not be written later (a read-only or
+    forbidden folder, a directory in the way), so that no work is done for results that would be lost."""
+    final = Path(final)
+    target, in_place = _prepare_write(final)
+    if in_place:  # a device or FIFO: opened when written (opening a FIFO now would block)
+        return
+    os.unlink(_make_temp(final, target))
 
 
 @contextlib.contextmanager
@@ -163,11 +173,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
       `final`.
     """
     final = Path(final)
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise _write_error(final, final, error) from None
-    target, in_place = _write_target(final)
+    target, in_place = _prepare_write(final)
     if in_place:
         try:
             yield final
@@ -185,12 +191,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         mode = stat.S_IMODE(existing.st_mode)
     except OSError:
         mode = 0o666 & ~current_umask()
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=folder)
-    except OSError as error:
-        raise _write_error(final, target, error) from None
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _make_temp(final, target)
     try:
         try:
             yield tmp_path
@@ -225,9 +226,12 @@ def config_root() -> Path:
 
 
 def read_json(path: str | os.PathLike, what: str = "") -> Any:
-    """The JSON in `path`; a malformed file is one clear error naming it (`what` says what the file is)."""
+    """The JSON in `path`; a missing or malformed file is one clear error naming it (`what` says what the
+    file is)."""
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise VLPromptError(f"{what or 'JSON file'} not found: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise VLPromptError(f"{what + ' ' if what else ''}{path} is not valid JSON: {error}") from None

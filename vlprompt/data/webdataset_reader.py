@@ -28,7 +28,7 @@ import io
 import os
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -65,7 +65,7 @@ class WdsInfo:
     classnames: list[str]
     templates: list[str]  # with "{}" for the class name (CLIP_benchmark writes "{c}")
     shards: dict[str, list[Path]]
-    counts: dict[str, int] = None  # type: ignore[assignment]  # split -> declared samples (count.txt)
+    counts: dict[str, int] = field(default_factory=dict)  # split -> declared samples (count.txt)
 
 
 def _declared_count(split_dir: Path) -> int | None:
@@ -290,7 +290,7 @@ class WdsSplit:
     def check_count(self, streamed: int) -> None:
         """After a whole pass: the samples streamed must be what ``count.txt`` declares (a shard cut
         at a member boundary and closed again is a valid, shorter tar: only the count shows it)."""
-        declared = (self.info.counts or {}).get(self.split)
+        declared = self.info.counts.get(self.split)
         if declared is None or self.labels is not None or streamed == declared:
             return
         raise WdsError(

@@ -103,6 +103,7 @@ class FeatureCache:
         self.progress = progress
         self._indexes: dict[Path, dict[str, tuple[Path, int]]] = {}
         self._seen: dict[Path, set[Path]] = {}
+        self._verified: set[tuple[Path, int, int]] = set()  # (shard, size, mtime): checked once, not every read
         self.computed = 0  # entries computed by this object (the rest were cache hits)
         self.rebuilt = 0  # entries found damaged (checksum, non-finite, unreadable) and recomputed
 
@@ -184,9 +185,24 @@ class FeatureCache:
         return index
 
     @staticmethod
-    def _content_problem(shard: Path, features: torch.Tensor) -> str | None:
+    def _stamp(shard: Path) -> tuple[Path, int, int]:
+        info = shard.stat()
+        return shard, info.st_size, info.st_mtime_ns
+
+    def _content_problem(self, shard: Path, features: torch.Tensor) -> str | None:
         """What is wrong with a shard's features: a checksum that does not match (bytes overwritten,
-        zeroed, bit rot) or, in shards written before checksums, values that are not finite."""
+        zeroed, bit rot) or, in shards written before checksums, values that are not finite. A shard is
+        checked once per object (and again if its size or mtime change), not on every evaluation."""
+        stamp = self._stamp(shard)
+        if stamp in self._verified:
+            return None
+        problem = self._check_content(shard, features)
+        if problem is None:
+            self._verified.add(stamp)
+        return problem
+
+    @staticmethod
+    def _check_content(shard: Path, features: torch.Tensor) -> str | None:
         with safe_open(str(shard), framework="pt") as handle:
             recorded = (handle.metadata() or {}).get("sha256")
         if recorded is not None:
@@ -289,6 +305,7 @@ class FeatureCache:
             # reports as one line (safetensors' own writer raises its own error type)
             tmp.write_bytes(save({"features": features},
                                  metadata={"keys": json.dumps(names), "sha256": features_sha256(features)}))
+        self._verified.add(self._stamp(shard))  # its checksum was just computed from these features
         index = self._indexes.setdefault(folder, {})
         self._seen.setdefault(folder, set()).add(shard)
         for row, name in enumerate(names):

@@ -12,7 +12,6 @@ slugs: ``/`` in a dataset name becomes ``_``, a pretrained file becomes its base
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 from vlprompt.engine.logging import write_json
 from vlprompt.errors import VLPromptError
+from vlprompt.paths import read_json
 
 TASK = "zeroshot_classification"
 METRICS = {"acc1": "top1", "acc5": "top5", "mean_per_class_recall": "mean_per_class_recall"}
@@ -83,12 +83,7 @@ def write_clip_benchmark(results: Sequence[dict[str, Any]], pattern: str, langua
 def read_clip_benchmark(path: str | Path) -> dict[str, Any]:
     """A CLIP_benchmark result file as a vlprompt-style result (metrics in percent, ``top1``...)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise VLPromptError(f"CLIP_benchmark result not found: {path}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise VLPromptError(f"{path} is not a CLIP_benchmark result (invalid JSON: {error})") from None
+    data = read_json(path, "CLIP_benchmark result")
     missing = [k for k in ("dataset", "model", "pretrained", "metrics") if k not in data]
     if missing:
         raise VLPromptError(f"{path} is not a CLIP_benchmark result: no {', '.join(missing)}")

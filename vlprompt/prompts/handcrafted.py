@@ -15,22 +15,23 @@ from vlprompt.errors import VLPromptError
 from vlprompt.prompts.templates import ClassDescriptions, fill_templates
 
 
-def check_truncation(backbone: Backbone, classnames: Sequence[str], prompts: Sequence[str], per_class: int) -> None:
-    """Warn when prompts are cut to the text tower's context length, and refuse when the cut makes
-    two classes' prompts identical (they would get identical features: a silent wrong answer).
+def check_truncation(backbone: Backbone, classnames: Sequence[str], per_class: Sequence[Sequence[str]]) -> None:
+    """Warn when prompts (`per_class`: each class's prompts) are cut to the text tower's context length,
+    and refuse when the cut makes two classes' prompts identical (they would get identical features: a
+    silent wrong answer).
 
     Cheap: a token covers at least one byte, so only prompts of at least L - 2 bytes are tokenized."""
     length = backbone.tokenize([""]).shape[1]
-    candidates = [i for i, prompt in enumerate(prompts) if len(prompt.encode()) >= length - 2]
+    candidates = [(c, p) for c, prompts in enumerate(per_class) for p in prompts if len(p.encode()) >= length - 2]
     if not candidates:
         return
-    eot = backbone.eot_index(backbone.tokenize([prompts[i] for i in candidates]))
-    cut_classes = sorted({candidates[k] // per_class for k, e in enumerate(eot.tolist()) if e >= length - 1})
+    eot = backbone.eot_index(backbone.tokenize([p for _, p in candidates]))
+    cut_classes = sorted({c for (c, _), e in zip(candidates, eot.tolist()) if e >= length - 1})
     if not cut_classes:
         return
     rows: dict[tuple, int] = {}
     for c in cut_classes:
-        tokens = backbone.tokenize(list(prompts[c * per_class:(c + 1) * per_class]))
+        tokens = backbone.tokenize(list(per_class[c]))
         other = rows.setdefault(tuple(tuple(row.tolist()) for row in tokens), c)
         if other != c and classnames[other] != classnames[c]:
             raise VLPromptError(
@@ -48,12 +49,8 @@ def _encode_prompts(backbone: Backbone, prompts: list[str], batch_size: int, nor
     outside autocast."""
     device = backbone.device
     with torch.inference_mode(), torch.autocast(device.type, enabled=False):
-        return torch.cat(
-            [
-                _maybe_normalize(backbone.encode_text(prompts[i : i + batch_size]).float(), normalize)
-                for i in range(0, len(prompts), batch_size)
-            ]
-        )
+        encoded = [backbone.encode_text(prompts[i : i + batch_size]).float() for i in range(0, len(prompts), batch_size)]
+        return torch.cat([F.normalize(e, dim=-1) for e in encoded] if normalize else encoded)
 
 
 def handcrafted_features(
@@ -74,14 +71,9 @@ def handcrafted_features(
             "per-class descriptions with different numbers of sentences per class cannot serve as templates "
             f"shared by all classes here ({min(counts)}..{max(counts)} sentences); use '{{}}' templates"
         )
-    prompts = [p for sentences in per_class for p in sentences]  # class-major
-    check_truncation(backbone, classnames, prompts, counts.copy().pop())
-    encoded = _encode_prompts(backbone, prompts, batch_size, normalize)
-    return encoded.view(len(classnames), counts.pop(), -1).transpose(0, 1).contiguous().clone()
-
-
-def _maybe_normalize(x: torch.Tensor, normalize: bool) -> torch.Tensor:
-    return F.normalize(x, dim=-1) if normalize else x
+    check_truncation(backbone, classnames, per_class)
+    encoded = _encode_prompts(backbone, [p for sentences in per_class for p in sentences], batch_size, normalize)
+    return encoded.view(len(classnames), len(per_class[0]), -1).transpose(0, 1).contiguous().clone()
 
 
 def raw_mean_classifier(
@@ -106,6 +98,7 @@ def text_classifier(
     if len({len(p) for p in per_class}) == 1:
         per_template = handcrafted_features(backbone, classnames, templates, batch_size)
         return F.normalize(per_template.mean(dim=0), dim=-1)
+    check_truncation(backbone, classnames, per_class)
     encoded = _encode_prompts(backbone, [p for sentences in per_class for p in sentences], batch_size)
     means, start = [], 0
     for sentences in per_class:

@@ -7,13 +7,13 @@ sources), registered here by name.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from vlprompt.embedded.captions import TEMPLATES as WORLD_CAPTION_TEMPLATES
 from vlprompt.errors import VLPromptError
+from vlprompt.paths import read_json
 from vlprompt.prompts.banks.coop import COOP_TEMPLATES, IMAGENET_SELECT_7
 from vlprompt.prompts.banks.lasp import LASP_34, LASP_35
 from vlprompt.prompts.banks.promptsrc import PROMPTSRC_TEMPLATES
@@ -216,12 +216,7 @@ def parse_template_json(data: object, where: str, dataset: TemplateSource | None
 
 def read_template_json(path: str | Path, dataset: TemplateSource | None = None) -> list[str] | ClassDescriptions:
     path = Path(path).expanduser()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise VLPromptError(f"template file not found: {path}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise VLPromptError(f"template file {path} is not valid JSON: {error}") from None
+    data = read_json(path, "template file")
     return parse_template_json(data, f"template file {path}", dataset)
 
 

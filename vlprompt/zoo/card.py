@@ -107,8 +107,8 @@ def model_card(meta: dict[str, Any], repo_id: str, tensors_file: str, config_fil
         f"A `{meta.get('method')}` soft prompt for `{ident.get('name')}` (pretrained `{ident.get('pretrained')}`), "
         f"{len(meta.get('classnames') or [])} classes, trained with vlprompt.",
         "",
-        f"- training data: `{json.dumps(training)}`",
-        f"- metrics: `{json.dumps(meta.get('metrics') or {})}`",
+        f"- training data: `{json.dumps(training, default=str)}`",
+        f"- metrics: `{json.dumps(meta.get('metrics') or {}, default=str)}`",
         "",
         "```python",
         "import vlprompt",
@@ -121,13 +121,18 @@ def model_card(meta: dict[str, Any], repo_id: str, tensors_file: str, config_fil
 
 
 def read_card_metadata(text: str) -> dict[str, Any]:
-    """The YAML front matter of a model card (empty when it has none)."""
+    """The YAML front matter of a model card (empty when it has none, or none that is a YAML mapping: a
+    user's README may open with a ``---`` rule)."""
     if not text.startswith("---\n"):
         return {}
     end = text.find("\n---", 4)
-    return yaml.safe_load(text[4:end]) if end > 0 else {}
+    try:
+        front = yaml.safe_load(text[4:end]) if end > 0 else {}
+    except yaml.YAMLError:
+        return {}
+    return front if isinstance(front, dict) else {}
 
 
 def card_is_ours(text: str) -> bool:
     """A README written by vlprompt (it may be rewritten); any other README is the user's."""
-    return read_card_metadata(text).get("library_name") == "vlprompt" if text.startswith("---\n") else False
+    return read_card_metadata(text).get("library_name") == "vlprompt"
