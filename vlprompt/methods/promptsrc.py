@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from vlprompt.backbones.base import Backbone
 from vlprompt.errors import VLPromptError
 from vlprompt.methods.base import register_method
+from vlprompt.methods.deep_prompting import ClassTextCache
 from vlprompt.methods.ivlp import IVLP, IVLPConfig
 from vlprompt.methods.label_space import LabelSpace
 from vlprompt.prompts.handcrafted import raw_mean_classifier
@@ -97,17 +98,16 @@ class PromptSRC(IVLP):
     def __init__(self, backbone: Backbone, labels: LabelSpace | Sequence[str], config: PromptSRCConfig) -> None:
         super().__init__(backbone, labels, config)
         self.templates = get_templates(config.templates)
-        self._frozen_text: tuple[tuple[str, ...], torch.Tensor] | None = None
+        self._frozen_text = ClassTextCache()
         self._gpa: dict[str, torch.Tensor] = {}
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
         self.frozen_image_passes = 0  # frozen image-tower runs (0 under the trainer: the cache serves them)
 
     def frozen_text(self) -> torch.Tensor:
-        key = tuple(self.classnames)
-        if self._frozen_text is None or self._frozen_text[0] != key:
-            text = raw_mean_classifier(self.backbone, self.classnames, self.templates, self.config.encode_batch_size)
-            self._frozen_text = (key, text)
-        return self._frozen_text[1]
+        return self._frozen_text.get(
+            self.classnames,
+            lambda names: raw_mean_classifier(self.backbone, names, self.templates, self.config.encode_batch_size),
+        )
 
     def frozen_image(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if "frozen_features" in batch:
