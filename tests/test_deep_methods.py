@@ -255,6 +255,12 @@ def test_trainer_serves_cached_frozen_features_of_the_same_images(tiny_vit, tmp_
     Trainer(method, config, cache=FeatureCache(tmp_path / "cache", progress=False)).fit(items)
     assert sum(checked) == 12 and method.frozen_image_passes == 0
 
+    # cache_frozen_image: false is the release's way: fresh augmentations, the frozen tower runs every step
+    torch.manual_seed(0)
+    method = build_method("promptsrc", tiny_vit, CLASSES, {**METHOD_CONFIGS["promptsrc"], "cache_frozen_image": False})
+    Trainer(method, config, cache=FeatureCache(tmp_path / "cache2", progress=False)).fit(items)
+    assert method.frozen_image_passes == 2 * 2  # 2 epochs of 2 batches (6 items, batch 4)
+
 
 def test_depths_beyond_the_tower_are_one_error_or_clamped(tiny_vit, tiny_rn):
     with pytest.raises(VLPromptError, match=r"maple: text prompt depth 9 .* tower has 2 blocks.*1\.\.2"):

@@ -10,8 +10,10 @@ the released trainer (muzairkhattak/PromptSRC ``trainers/promptsrc.py``, config
 - ``frozen_text``: the mean of the frozen tower's *unnormalised* text features over the 60 templates of
   ``IMAGENET_TEMPLATES`` (bank ``promptsrc60``), then L2-normalised (the release's order).
 - ``frozen_image``: the frozen tower's L2-normalised features of the same images. The release runs a second,
-  unprompted image tower every step; vlprompt reads them from the feature cache (the trainer serves view v of
-  an item together with its cached frozen features: ``frozen_image_features``).
+  unprompted image tower every step on a fresh augmentation; by default (``cache_frozen_image: true``, a
+  deviation) vlprompt reads them from the feature cache: the trainer serves view v of an item together with its
+  cached frozen features (``frozen_image_features``), so the training images are drawn from the cache's
+  ``augment_views`` views instead of freshly augmented. ``cache_frozen_image: false`` is the release's way.
 - KL: ``kl_div(log_softmax(logits), log_softmax(zs_logits), reduction="sum", log_target=True) / logits.numel()``
   with ``zs_logits = scale * frozen_image @ frozen_text.T`` (the release's direction and normalisation).
 - Gaussian prompt aggregation (GPA): after epoch e of N the prompts are added with weight ``g(e) / sum g``,
@@ -57,6 +59,7 @@ class PromptSRCConfig(IVLPConfig):
     gpa_mean: float = 15.0
     gpa_std: float = 1.0
     encode_batch_size: int = 1024
+    cache_frozen_image: bool = True  # frozen image features from the cache (false: frozen tower every step)
 
     def check(self, where: str) -> None:
         super().check(where)
@@ -93,7 +96,10 @@ def promptsrc_losses(
 @register_method("promptsrc")
 class PromptSRC(IVLP):
     config_class = PromptSRCConfig
-    frozen_image_features = True
+
+    @property
+    def frozen_image_features(self) -> bool:  # type: ignore[override]
+        return self.config.cache_frozen_image
 
     def __init__(self, backbone: Backbone, labels: LabelSpace | Sequence[str], config: PromptSRCConfig) -> None:
         super().__init__(backbone, labels, config)
