@@ -344,3 +344,18 @@ def test_activation_checkpointing_changes_no_number(tiny_vit):
     for a, b in zip(runs[0][1], runs[1][1]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     assert not any(getattr(m, "grad_checkpointing", False) for m in tiny_vit.modules())  # flags restored
+
+
+@pytest.mark.parametrize("additive", [False, True])
+def test_shared_prefix_deep_prompts_equal_whole_prompts(tiny_vit, additive):
+    from vlprompt.backbones import DeepPrompts
+
+    ids = tiny_vit.tokenize(["a photo of a red circle.", "a photo of a blue square."])
+    embeds, eot = tiny_vit.embed_tokens(ids), tiny_vit.eot_index(ids)
+    blocks, width = len(tiny_vit.model.transformer.resblocks), tiny_vit.identity.width
+    layers = tuple(torch.randn(2, width, generator=torch.Generator().manual_seed(i)) for i in range(blocks - 1))
+    deep = DeepPrompts(layers, start=1, additive=additive)
+    with torch.no_grad():
+        whole = tiny_vit.encode_text_embeds(embeds, eot, deep=deep)
+        shared = tiny_vit.encode_text_embeds_shared(embeds[0, :4], embeds[:, 4:], eot, deep=deep)
+    torch.testing.assert_close(shared, whole, rtol=1e-5, atol=1e-5)
