@@ -22,7 +22,7 @@ from open_clip.transformer import ResidualAttentionBlock, Transformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vlprompt.backbones.deep_prompts import DeepPrompts, add_positions, replace_positions
+from vlprompt.backbones.deep_prompts import DeepPrompts, write_positions
 
 
 def unsupported_reason(transformer: nn.Module, attn_mask: torch.Tensor | None) -> str | None:
@@ -142,7 +142,7 @@ def shared_prefix_forward(
         last = i == n - 1
         tokens = deep.at_block(i) if deep is not None else None
         if tokens is not None:
-            x_p = (add_positions if deep.additive else replace_positions)(x_p, tokens, deep.start)
+            x_p = write_positions(x_p, tokens, deep.start, deep)
         if grad_checkpointing and torch.is_grad_enabled():
             x_p, x_s = checkpoint(shared_block, block, x_p, x_s, last, use_reentrant=False)
         else:
