@@ -231,13 +231,36 @@ class _Item:
     label: int
 
 
-def test_trainer_serves_cached_frozen_features_of_the_same_images(tiny_vit, tmp_path):
+def _png_items(folder: Path) -> list[_Item]:
     items = []
     for i in range(6):
-        path = tmp_path / f"{i}.png"
+        path = folder / f"{i}.png"
         colour = (40 * i, 255 - 40 * i, 90)
         Image.new("RGB", (48, 40), colour).save(path)
         items.append(_Item(path, i % 3))
+    return items
+
+
+def test_final_evaluation_sees_the_gpa_prompts(tiny_vit, tmp_path):
+    items = _png_items(tmp_path)
+    torch.manual_seed(0)
+    method = build_method("promptsrc", tiny_vit, CLASSES, {**METHOD_CONFIGS["promptsrc"], "gpa_mean": 1.0})
+    config = TrainConfig(epochs=2, batch_size=4, augment_views=1, device="cpu", progress=False, lr=0.01)
+    trainer = Trainer(method, config, cache=FeatureCache(tmp_path / "cache", progress=False))
+    evaluated = []
+    evaluate = trainer._evaluate
+
+    def recording(val_items):
+        evaluated.append(method.ctx.detach().clone())
+        return evaluate(val_items)
+
+    trainer._evaluate = recording
+    trainer.fit(items, val_items=items)
+    assert evaluated and torch.equal(evaluated[-1], method.ctx.detach())  # the aggregate, not the last epoch's
+
+
+def test_trainer_serves_cached_frozen_features_of_the_same_images(tiny_vit, tmp_path):
+    items = _png_items(tmp_path)
     torch.manual_seed(0)
     method = build_method("promptsrc", tiny_vit, CLASSES, METHOD_CONFIGS["promptsrc"])
     checked = []
