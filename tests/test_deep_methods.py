@@ -231,13 +231,36 @@ class _Item:
     label: int
 
 
-def test_trainer_serves_cached_frozen_features_of_the_same_images(tiny_vit, tmp_path):
+def _png_items(folder: Path) -> list[_Item]:
     items = []
     for i in range(6):
-        path = tmp_path / f"{i}.png"
+        path = folder / f"{i}.png"
         colour = (40 * i, 255 - 40 * i, 90)
         Image.new("RGB", (48, 40), colour).save(path)
         items.append(_Item(path, i % 3))
+    return items
+
+
+def test_final_evaluation_sees_the_gpa_prompts(tiny_vit, tmp_path):
+    items = _png_items(tmp_path)
+    torch.manual_seed(0)
+    method = build_method("promptsrc", tiny_vit, CLASSES, {**METHOD_CONFIGS["promptsrc"], "gpa_mean": 1.0})
+    config = TrainConfig(epochs=2, batch_size=4, augment_views=1, device="cpu", progress=False, lr=0.01)
+    trainer = Trainer(method, config, cache=FeatureCache(tmp_path / "cache", progress=False))
+    evaluated = []
+    evaluate = trainer._evaluate
+
+    def recording(val_items):
+        evaluated.append(method.ctx.detach().clone())
+        return evaluate(val_items)
+
+    trainer._evaluate = recording
+    trainer.fit(items, val_items=items)
+    assert evaluated and torch.equal(evaluated[-1], method.ctx.detach())  # the aggregate, not the last epoch's
+
+
+def test_trainer_serves_cached_frozen_features_of_the_same_images(tiny_vit, tmp_path):
+    items = _png_items(tmp_path)
     torch.manual_seed(0)
     method = build_method("promptsrc", tiny_vit, CLASSES, METHOD_CONFIGS["promptsrc"])
     checked = []
@@ -254,6 +277,12 @@ def test_trainer_serves_cached_frozen_features_of_the_same_images(tiny_vit, tmp_
     config = TrainConfig(epochs=2, batch_size=4, augment_views=2, device="cpu", progress=False, lr=0.01)
     Trainer(method, config, cache=FeatureCache(tmp_path / "cache", progress=False)).fit(items)
     assert sum(checked) == 12 and method.frozen_image_passes == 0
+
+    # cache_frozen_image: false is the release's way: fresh augmentations, the frozen tower runs every step
+    torch.manual_seed(0)
+    method = build_method("promptsrc", tiny_vit, CLASSES, {**METHOD_CONFIGS["promptsrc"], "cache_frozen_image": False})
+    Trainer(method, config, cache=FeatureCache(tmp_path / "cache2", progress=False)).fit(items)
+    assert method.frozen_image_passes == 2 * 2  # 2 epochs of 2 batches (6 items, batch 4)
 
 
 def test_depths_beyond_the_tower_are_one_error_or_clamped(tiny_vit, tiny_rn):
@@ -338,3 +367,18 @@ def test_activation_checkpointing_changes_no_number(tiny_vit):
     for a, b in zip(runs[0][1], runs[1][1]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     assert not any(getattr(m, "grad_checkpointing", False) for m in tiny_vit.modules())  # flags restored
+
+
+@pytest.mark.parametrize("additive", [False, True])
+def test_shared_prefix_deep_prompts_equal_whole_prompts(tiny_vit, additive):
+    from vlprompt.backbones import DeepPrompts
+
+    ids = tiny_vit.tokenize(["a photo of a red circle.", "a photo of a blue square."])
+    embeds, eot = tiny_vit.embed_tokens(ids), tiny_vit.eot_index(ids)
+    blocks, width = len(tiny_vit.model.transformer.resblocks), tiny_vit.identity.width
+    layers = tuple(torch.randn(2, width, generator=torch.Generator().manual_seed(i)) for i in range(blocks - 1))
+    deep = DeepPrompts(layers, start=1, additive=additive)
+    with torch.no_grad():
+        whole = tiny_vit.encode_text_embeds(embeds, eot, deep=deep)
+        shared = tiny_vit.encode_text_embeds_shared(embeds[0, :4], embeds[:, 4:], eot, deep=deep)
+    torch.testing.assert_close(shared, whole, rtol=1e-5, atol=1e-5)

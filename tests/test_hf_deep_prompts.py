@@ -152,4 +152,4 @@ def test_ivlp_and_maple_train_on_an_hf_tower(clip, name, config):
     with torch.no_grad():
         logits = method(batch)
     assert logits.shape == (4, 3) and torch.isfinite(logits).all()
-    assert F.cross_entropy(logits, batch["labels"]).item() > 0
+    assert F.cross_entropy(logits, batch["labels"]).item() < loss.item()  # the step lowered the batch's loss

@@ -61,6 +61,14 @@ def add_positions(x: torch.Tensor, offsets: torch.Tensor, start: int) -> torch.T
     return torch.cat([x[:, :start], x[:, start : start + n] + _per_sequence(offsets, x), x[:, start + n :]], dim=1)
 
 
+def write_positions(
+    x: torch.Tensor, tokens: torch.Tensor, start: int, prompts: DeepPrompts | VisualPrompts
+) -> torch.Tensor:
+    """One block's prompt `tokens` written into ``x`` at ``[start, start + n)``: added to the states for
+    additive deep prompts, else replacing them (every tower's block loop writes through this)."""
+    return (add_positions if getattr(prompts, "additive", False) else replace_positions)(x, tokens, start)
+
+
 def insert_positions(x: torch.Tensor, tokens: torch.Tensor, start: int) -> torch.Tensor:
     """``x [B, L, W]`` with `tokens` inserted before position `start`: ``[B, L + n, W]``."""
     return torch.cat([x[:, :start], _per_sequence(tokens, x), x[:, start:]], dim=1)
@@ -132,4 +140,5 @@ class VisualPrompts:
         return self.deep[index - 1] if 1 <= index <= len(self.deep) else None
 
 
-__all__ = ["DeepPrompts", "VisualPrompts", "add_positions", "drop_positions", "insert_positions", "replace_positions"]
+__all__ = ["DeepPrompts", "VisualPrompts", "add_positions", "drop_positions", "insert_positions", "replace_positions",
+           "write_positions"]

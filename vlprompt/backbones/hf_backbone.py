@@ -33,10 +33,9 @@ from vlprompt.backbones.capabilities import Capability
 from vlprompt.backbones.deep_prompts import (
     DeepPrompts,
     VisualPrompts,
-    add_positions,
     drop_positions,
     insert_positions,
-    replace_positions,
+    write_positions,
 )
 from vlprompt.backbones.pretrained import ignored_by_own_weights
 from vlprompt.backbones.registry import BACKBONE_SOURCES
@@ -103,11 +102,10 @@ def run_layers(
     prompts.check(len(layers))
     if layers and "causal_attention_mask" in inspect.signature(layers[0].forward).parameters:
         extra = {**extra, "causal_attention_mask": None}  # transformers 4.x: the causal mask is already in `mask`
-    write = add_positions if getattr(prompts, "additive", False) else replace_positions
     for i, layer in enumerate(layers):
         tokens = prompts.at_block(i)
         if tokens is not None:
-            hidden = write(hidden, tokens, start)
+            hidden = write_positions(hidden, tokens, start, prompts)
         hidden = _hidden(layer(hidden, mask, **extra))
     return hidden
 

@@ -12,7 +12,7 @@ from open_clip.transformer import Transformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vlprompt.backbones.deep_prompts import DeepPrompts, VisualPrompts, add_positions, replace_positions
+from vlprompt.backbones.deep_prompts import DeepPrompts, VisualPrompts, write_positions
 
 
 def runs_as_blocks(transformer: nn.Module) -> bool:
@@ -39,11 +39,10 @@ def run_blocks(
     for i, block in enumerate(transformer.resblocks):
         tokens = prompts.at_block(i)
         if tokens is not None:
-            write = add_positions if getattr(prompts, "additive", False) else replace_positions
             if transformer.batch_first:
-                x = write(x, tokens, start)
+                x = write_positions(x, tokens, start, prompts)
             else:
-                x = write(x.transpose(0, 1), tokens, start).transpose(0, 1)
+                x = write_positions(x.transpose(0, 1), tokens, start, prompts).transpose(0, 1)
         if transformer.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint(block, x, None, None, attn_mask, use_reentrant=False)
         else:

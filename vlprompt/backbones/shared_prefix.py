@@ -22,7 +22,7 @@ from open_clip.transformer import ResidualAttentionBlock, Transformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vlprompt.backbones.deep_prompts import DeepPrompts, replace_positions
+from vlprompt.backbones.deep_prompts import DeepPrompts, write_positions
 
 
 def unsupported_reason(transformer: nn.Module, attn_mask: torch.Tensor | None) -> str | None:
@@ -128,8 +128,9 @@ def shared_prefix_forward(
 ) -> torch.Tensor:
     """Run the blocks on prefix [G, S, W] and suffixes [G, N, T, W]; returns the suffixes' output.
 
-    `deep` prompts (shared ``[n, W]`` tokens whose positions lie inside the prefix) replace the prefix's
-    states at the input of blocks 1..J-1: the same tokens in every prompt, so the prefix stays shared."""
+    `deep` prompts (shared ``[n, W]`` tokens whose positions lie inside the prefix) replace (``additive``: are
+    added to) the prefix's states at the input of blocks 1..J-1: the same tokens in every prompt, so the prefix
+    stays shared."""
     if _dropout_active(blocks):
         raise RuntimeError("shared-prefix encoding needs attention dropout off")
     n = len(blocks)
@@ -141,7 +142,7 @@ def shared_prefix_forward(
         last = i == n - 1
         tokens = deep.at_block(i) if deep is not None else None
         if tokens is not None:
-            x_p = replace_positions(x_p, tokens, deep.start)
+            x_p = write_positions(x_p, tokens, deep.start, deep)
         if grad_checkpointing and torch.is_grad_enabled():
             x_p, x_s = checkpoint(shared_block, block, x_p, x_s, last, use_reentrant=False)
         else:

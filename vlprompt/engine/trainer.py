@@ -208,10 +208,10 @@ class Trainer:
             record = self._run_epoch(epoch, model, data, optimizer, scaler, schedule, precision, params)
             if lines is not None:
                 lines.update(epoch + 1, f"loss {record.get('loss', float('nan')):.4f}")
+            method.on_epoch_end(epoch + 1, cfg.epochs)  # first: the epoch's evaluation sees e.g. GPA's final prompts
             is_last = epoch + 1 == cfg.epochs
             if val_items and (is_last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
                 record["val"] = self._evaluate(val_items)
-            method.on_epoch_end(epoch + 1, cfg.epochs)
             if self.selector is not None:
                 record["select"] = {self.selector.metric: self.selector.after_epoch(epoch + 1, method, self.cache)}
             self.history.append(record)

@@ -18,7 +18,7 @@ Released behaviour reproduced here (muzairkhattak/multimodal-prompt-learning, mu
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -94,6 +94,20 @@ class ClassPrompts(nn.Module):
             return F.normalize(self.prompts.encode(deep=deep, ctx=ctx), dim=-1)
 
 
+class ClassTextCache:
+    """Frozen text features of the current class list, encoded once per list (they do not depend on the
+    batch or the prompts): VPT's classifier, PromptSRC's frozen targets."""
+
+    def __init__(self) -> None:
+        self._entry: tuple[tuple[str, ...], torch.Tensor] | None = None
+
+    def get(self, classnames: Sequence[str], encode: Callable[[Sequence[str]], torch.Tensor]) -> torch.Tensor:
+        key = tuple(classnames)
+        if self._entry is None or self._entry[0] != key:
+            self._entry = (key, encode(classnames))
+        return self._entry[1]
+
+
 def require_text_depth(backbone: Backbone, method: str, depth: int, clamp: bool) -> int:
     """The text prompt depth to use (checked against the text tower)."""
     if depth <= 1:
@@ -131,6 +145,6 @@ def encode_prompted_images(
 
 
 __all__ = [
-    "ClassPrompts", "VisualPromptTokens", "check_depth", "check_positive", "encode_prompted_images",
+    "ClassPrompts", "ClassTextCache", "VisualPromptTokens", "check_depth", "check_positive", "encode_prompted_images",
     "normal_tokens", "released_context", "require_text_depth", "require_visual_depth",
 ]

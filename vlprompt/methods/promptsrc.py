@@ -10,8 +10,10 @@ the released trainer (muzairkhattak/PromptSRC ``trainers/promptsrc.py``, config
 - ``frozen_text``: the mean of the frozen tower's *unnormalised* text features over the 60 templates of
   ``IMAGENET_TEMPLATES`` (bank ``promptsrc60``), then L2-normalised (the release's order).
 - ``frozen_image``: the frozen tower's L2-normalised features of the same images. The release runs a second,
-  unprompted image tower every step; vlprompt reads them from the feature cache (the trainer serves view v of
-  an item together with its cached frozen features: ``frozen_image_features``).
+  unprompted image tower every step on a fresh augmentation; by default (``cache_frozen_image: true``, a
+  deviation) vlprompt reads them from the feature cache: the trainer serves view v of an item together with its
+  cached frozen features (``frozen_image_features``), so the training images are drawn from the cache's
+  ``augment_views`` views instead of freshly augmented. ``cache_frozen_image: false`` is the release's way.
 - KL: ``kl_div(log_softmax(logits), log_softmax(zs_logits), reduction="sum", log_target=True) / logits.numel()``
   with ``zs_logits = scale * frozen_image @ frozen_text.T`` (the release's direction and normalisation).
 - Gaussian prompt aggregation (GPA): after epoch e of N the prompts are added with weight ``g(e) / sum g``,
@@ -34,6 +36,7 @@ import torch.nn.functional as F
 from vlprompt.backbones.base import Backbone
 from vlprompt.errors import VLPromptError
 from vlprompt.methods.base import register_method
+from vlprompt.methods.deep_prompting import ClassTextCache
 from vlprompt.methods.ivlp import IVLP, IVLPConfig
 from vlprompt.methods.label_space import LabelSpace
 from vlprompt.prompts.handcrafted import raw_mean_classifier
@@ -56,6 +59,7 @@ class PromptSRCConfig(IVLPConfig):
     gpa_mean: float = 15.0
     gpa_std: float = 1.0
     encode_batch_size: int = 1024
+    cache_frozen_image: bool = True  # frozen image features from the cache (false: frozen tower every step)
 
     def check(self, where: str) -> None:
         super().check(where)
@@ -92,22 +96,24 @@ def promptsrc_losses(
 @register_method("promptsrc")
 class PromptSRC(IVLP):
     config_class = PromptSRCConfig
-    frozen_image_features = True
+
+    @property
+    def frozen_image_features(self) -> bool:  # type: ignore[override]
+        return self.config.cache_frozen_image
 
     def __init__(self, backbone: Backbone, labels: LabelSpace | Sequence[str], config: PromptSRCConfig) -> None:
         super().__init__(backbone, labels, config)
         self.templates = get_templates(config.templates)
-        self._frozen_text: tuple[tuple[str, ...], torch.Tensor] | None = None
+        self._frozen_text = ClassTextCache()
         self._gpa: dict[str, torch.Tensor] = {}
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
         self.frozen_image_passes = 0  # frozen image-tower runs (0 under the trainer: the cache serves them)
 
     def frozen_text(self) -> torch.Tensor:
-        key = tuple(self.classnames)
-        if self._frozen_text is None or self._frozen_text[0] != key:
-            text = raw_mean_classifier(self.backbone, self.classnames, self.templates, self.config.encode_batch_size)
-            self._frozen_text = (key, text)
-        return self._frozen_text[1]
+        return self._frozen_text.get(
+            self.classnames,
+            lambda names: raw_mean_classifier(self.backbone, names, self.templates, self.config.encode_batch_size),
+        )
 
     def frozen_image(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if "frozen_features" in batch:

@@ -18,6 +18,7 @@ import torch
 from vlprompt.backbones.base import Backbone
 from vlprompt.methods.base import MethodConfig, PromptMethod, register_method
 from vlprompt.methods.deep_prompting import (
+    ClassTextCache,
     VisualPromptTokens,
     check_positive,
     encode_prompted_images,
@@ -52,7 +53,7 @@ class VPT(PromptMethod):
         self.depth, width = require_visual_depth(backbone, "vpt", config.depth, config.clamp_depth)
         self.visual = VisualPromptTokens(config.n_ctx, self.depth, width, config.init_std)
         self.templates = get_templates(config.templates)
-        self._text: tuple[tuple[str, ...], torch.Tensor] | None = None
+        self._text = ClassTextCache()
 
     def result_metadata(self) -> dict[str, Any]:
         return {**super().result_metadata(), "prompt_depth": {"vision": self.depth}}
@@ -61,11 +62,9 @@ class VPT(PromptMethod):
         self.classnames = list(classnames)
 
     def class_features(self) -> torch.Tensor:
-        key = tuple(self.classnames)
-        if self._text is None or self._text[0] != key:
-            text = text_classifier(self.backbone, self.classnames, self.templates, self.config.encode_batch_size)
-            self._text = (key, text)
-        return self._text[1]
+        return self._text.get(
+            self.classnames, lambda names: text_classifier(self.backbone, names, self.templates, self.config.encode_batch_size)
+        )
 
     def image_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return encode_prompted_images(self.backbone, batch["images"], self.visual.prompts(), self.config.grad_checkpointing)
